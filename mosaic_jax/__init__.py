@@ -1,0 +1,1 @@
+"""mosaic_jax: Memory Mosaics in JAX/Flax."""
