@@ -1,0 +1,130 @@
+"""The language model: token embedding → L stacked blocks (memory mosaic or GPT-2) → LayerNorm → tied head.
+
+The memory mosaic has no position encoding and scales its logits by 1/√C, as the reference does. Layers are
+stacked (leading `layers` axis) and run under `lax.scan` (or unrolled), optionally rematerialised.
+
+Pure-function API:
+    params = init_params(cfg, rng)                      # float32 pytree
+    logits_BTV = apply(cfg, params, tokens_BT, rng=None)  # eval mode when rng is None
+    axes = param_axes(cfg)                              # the same pytree of logical axis-name tuples
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mosaic_jax.config import ModelConfig
+from mosaic_jax.gpt2 import GPT2_STD, GPT2Block
+from mosaic_jax.layers import DEFAULT_FNS, LayerNorm, MemoryFns, MosaicBlock, normal, param
+
+Array = jax.Array
+Params = Any
+IGNORE_INDEX = -1
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class _Layer(nn.Module):
+    """One block in the scan convention: (carry, broadcast inputs) -> (carry, None)."""
+    cfg: ModelConfig
+    fns: MemoryFns
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x_BTC: Array, segment_ids_BT: Optional[Array]) -> tuple[Array, None]:
+        if self.cfg.arch == "mosaic":
+            return MosaicBlock(self.cfg, self.fns, name="mosaic")(x_BTC, self.deterministic), None
+        return GPT2Block(self.cfg, name="gpt2")(x_BTC, self.deterministic, segment_ids_BT), None
+
+
+class LanguageModel(nn.Module):
+    cfg: ModelConfig
+    fns: MemoryFns = DEFAULT_FNS
+
+    @nn.compact
+    def __call__(self, tokens_BT: Array, deterministic: bool = True,
+                 segment_ids_BT: Optional[Array] = None) -> Array:
+        c = self.cfg
+        dt = jnp.dtype(c.dtype)
+        V, C, T = c.vocab_size, c.n_embd, tokens_BT.shape[1]
+        mosaic = c.arch == "mosaic"
+        if mosaic and segment_ids_BT is not None:
+            raise NotImplementedError("document masking for the v1 memory mosaic is not supported (the reference "
+                                      "reads across documents); pass segment_ids_BT=None")
+        # The reference ties emb to a Linear head initialised after it: the shared table is N(0, 1/√C).
+        head_std = 1 / math.sqrt(C) if mosaic else GPT2_STD
+        emb_std = head_std if (c.weight_tying or not mosaic) else 1.0
+        embed = param(self, "embed", normal(emb_std), (V, C), ("vocab", "embed"))
+        x = jnp.take(embed, tokens_BT, axis=0).astype(dt)
+        if not mosaic:
+            if T > c.block_size:
+                raise ValueError(f"GPT-2 baseline: sequence length {T} exceeds block_size {c.block_size}")
+            wpe = param(self, "pos_embed", normal(GPT2_STD), (c.block_size, C), ("positions", "embed"))
+            x = x + wpe[:T].astype(dt)[None]
+
+        layer = _Layer
+        if c.remat != "none":
+            layer = nn.remat(layer, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
+        stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                        in_axes=(nn.broadcast,), length=c.n_layer, unroll=1 if c.scan_layers else c.n_layer,
+                        metadata_params={nn.PARTITION_NAME: "layers"})
+        x, _ = stack(c, self.fns, deterministic, name="blocks")(x, segment_ids_BT)
+
+        x = LayerNorm(c, name="ln_out")(x)
+        head = embed if c.weight_tying else param(self, "head", normal(head_std), (V, C), ("vocab", "embed"))
+        logits = jnp.einsum("btc,vc->btv", x, head.astype(dt)).astype(jnp.float32)
+        return logits / math.sqrt(C) if mosaic else logits
+
+
+def build_model(cfg: ModelConfig, fns: MemoryFns = DEFAULT_FNS) -> LanguageModel:
+    return LanguageModel(cfg, fns)
+
+
+def init_params(cfg: ModelConfig, rng: Array, fns: MemoryFns = DEFAULT_FNS) -> Params:
+    """Parameters (float32 pytree, layers stacked on a leading axis) drawn with the reference's distributions."""
+    tokens = jnp.zeros((1, min(cfg.block_size, 8)), jnp.int32)
+    variables = build_model(cfg, fns).init({"params": rng}, tokens)
+    return nn.meta.unbox(variables["params"])
+
+
+def param_axes(cfg: ModelConfig, fns: MemoryFns = DEFAULT_FNS) -> Params:
+    """The logical axis names of every parameter dimension, as a pytree shaped like the params."""
+    tokens = jax.ShapeDtypeStruct((1, min(cfg.block_size, 8)), jnp.int32)
+    boxed = jax.eval_shape(lambda t: build_model(cfg, fns).init({"params": jax.random.key(0)}, t), tokens)
+    specs = nn.get_partition_spec(boxed["params"])
+    return jax.tree.map(tuple, specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
+
+
+def apply(cfg: ModelConfig, params: Params, tokens_BT: Array, *, rng: Optional[Array] = None,
+          fns: MemoryFns = DEFAULT_FNS, segment_ids_BT: Optional[Array] = None) -> Array:
+    """Logits (B, T, V) in float32; dropout is on when `rng` is given (training), off otherwise (eval)."""
+    rngs = {} if rng is None else {"dropout": rng}
+    return build_model(cfg, fns).apply({"params": params}, jnp.asarray(tokens_BT), rng is None,
+                                       segment_ids_BT, rngs=rngs)
+
+
+def cross_entropy(logits_BTV: Array, targets_BT: Array) -> tuple[Array, Array]:
+    """(sum of token losses, number of counted tokens); targets equal to IGNORE_INDEX are skipped."""
+    logits = logits_BTV.astype(jnp.float32)
+    valid = targets_BT != IGNORE_INDEX
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, jnp.where(valid, targets_BT, 0)[..., None], axis=-1)[..., 0]
+    return jnp.sum(jnp.where(valid, lse - picked, 0.0)), jnp.sum(valid)
+
+
+def loss_fn(cfg: ModelConfig, params: Params, tokens_BT: Array, targets_BT: Array, *,
+            rng: Optional[Array] = None, fns: MemoryFns = DEFAULT_FNS) -> Array:
+    """Mean next-token cross-entropy (the reference's loss, ignore_index = -1)."""
+    total, count = cross_entropy(apply(cfg, params, tokens_BT, rng=rng, fns=fns), targets_BT)
+    return total / jnp.maximum(count, 1)
+
+
+def count_params(params: Params) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(params)))
