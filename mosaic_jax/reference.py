@@ -47,28 +47,30 @@ def _entries(cfg: ModelConfig) -> Iterator[Entry]:
         yield from _gpt2_entries(cfg)
         return
     yield "emb.weight", ("embed",), (V, C), _same, _same
-    for layer in range(cfg.n_layer):
+    for layer in range(cfg.n_layer):  # in the reference's state_dict order
         r, j = f"blocks.{layer}.", ("blocks", "mosaic")
-        for ln in ("ln1", "ln2"):
+        for ln, ref, mine in (("ln1", "attn", "cmem"), ("ln2", "pmem", "pmem")):
             yield r + f"{ln}.weight", j + (ln, "weight"), (C,), _same, _same
             if cfg.bias:
                 yield r + f"{ln}.bias", j + (ln, "bias"), (C,), _same, _same
-        for ref, mine in (("attn", "cmem"), ("pmem", "pmem")):
             for s in ("leaky_key_beta", "kernel_beta", "value_beta"):
                 yield r + f"{ref}.{s}", j + (mine, s), (H,), _same, _same
+            if ref == "pmem":
+                for n in range(cfg.pmem_count):
+                    for m in ("k", "v"):  # (1,H,P,D) per table -> row n of (N,H,P,D)
+                        yield (r + f"pmem.pmem.M_{m}{n}", j + ("pmem", f"m{m}", str(n)), (1, H, P, D),
+                               lambda w: w[0], lambda w: w[None])
             yield r + f"{ref}.k_featurizer.conv.weight", j + (mine, "k_features", "wk"), (C, C, K), *conv
-            yield r + f"{ref}.c_proj.weight", j + (mine, "out", "wo"), (C, C), *lin_out
             if cfg.bias:
                 yield r + f"{ref}.k_featurizer.conv.bias", j + (mine, "k_features", "bk"), (C,), *vec_hd
+            if ref == "attn":
+                yield r + "attn.v_featurizer.coef", j + ("cmem", "v_coef"), (H,), _same, _same
+                yield r + "attn.v_featurizer.linear.weight", j + ("cmem", "wv"), (C, C), *lin_in
+                if cfg.bias:
+                    yield r + "attn.v_featurizer.linear.bias", j + ("cmem", "bv"), (C,), *vec_hd
+            yield r + f"{ref}.c_proj.weight", j + (mine, "out", "wo"), (C, C), *lin_out
+            if cfg.bias:
                 yield r + f"{ref}.c_proj.bias", j + (mine, "out", "bo"), (C,), _same, _same
-        yield r + "attn.v_featurizer.coef", j + ("cmem", "v_coef"), (H,), _same, _same
-        yield r + "attn.v_featurizer.linear.weight", j + ("cmem", "wv"), (C, C), *lin_in
-        if cfg.bias:
-            yield r + "attn.v_featurizer.linear.bias", j + ("cmem", "bv"), (C,), *vec_hd
-        for n in range(cfg.pmem_count):
-            for m in ("k", "v"):  # (1,H,P,D) per table -> row n of (N,H,P,D)
-                yield (r + f"pmem.pmem.M_{m}{n}", j + ("pmem", f"m{m}", str(n)), (1, H, P, D),
-                       lambda w: w[0], lambda w: w[None])
     yield "ln_out.weight", ("ln_out", "weight"), (C,), _same, _same
     if cfg.bias:
         yield "ln_out.bias", ("ln_out", "bias"), (C,), _same, _same
@@ -128,34 +130,15 @@ def read_state_dict(source: Union[str, os.PathLike, Mapping[str, Any]]) -> tuple
         if not os.path.isfile(path):
             raise ReferenceFormatError(f"{path}: no such file")
         ext = os.path.splitext(path)[1].lower()
-        if ext == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                if "config" in z.files:
-                    model_args = json.loads(str(z["config"]))
-                raw = {k[3:]: z[k] for k in z.files if k.startswith("sd/")}
-            if not raw:
-                raise ReferenceFormatError(f"{path}: no 'sd/<name>' entries in this .npz")
-        elif ext == ".safetensors":
-            from safetensors import safe_open
-            with safe_open(path, framework="numpy") as f:
-                meta = f.metadata() or {}
-                raw = {k: f.get_tensor(k) for k in f.keys()}
-            model_args = json.loads(meta["config"]) if "config" in meta else {}
-        elif ext in (".pt", ".pth", ".bin"):
-            try:
-                import torch
-            except ImportError as e:
-                raise ReferenceFormatError(f"{path}: reading .pt files needs torch (pip install torch)") from e
-            try:
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
-                raise ReferenceFormatError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: "
-                                           f"{str(e).splitlines()[0] if str(e) else ''})") from e
-            if not isinstance(obj, Mapping):
-                raise ReferenceFormatError(f"{path}: expected a dict, found {type(obj).__name__}")
-            return read_state_dict(obj)
-        else:
-            raise ReferenceFormatError(f"{path}: unknown extension {ext!r} (expected .pt, .npz or .safetensors)")
+        try:
+            raw, model_args = _read_file(path, ext)
+        except ReferenceFormatError:
+            raise
+        except Exception as e:  # noqa: BLE001 - numpy/safetensors/torch raise many kinds for a bad file
+            msg = str(e).splitlines()[0] if str(e) else ""
+            raise ReferenceFormatError(f"{path}: not a readable {ext} state_dict ({type(e).__name__}: {msg})") from e
+        if isinstance(raw, Mapping) and "model" in raw and isinstance(raw["model"], Mapping):
+            return read_state_dict(raw)
     sd: StateDict = {}
     for key, value in raw.items():
         name = key
@@ -164,6 +147,33 @@ def read_state_dict(source: Union[str, os.PathLike, Mapping[str, Any]]) -> tuple
                 name = name[len(p):]
         sd[name] = _to_numpy(value)
     return sd, model_args
+
+
+def _read_file(path: str, ext: str) -> tuple[Mapping[str, Any], dict[str, Any]]:
+    """(raw mapping, model_args) from a .npz, .safetensors or torch file."""
+    if ext == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            model_args = json.loads(str(z["config"])) if "config" in z.files else {}
+            raw = {k[3:]: z[k] for k in z.files if k.startswith("sd/")}
+        if not raw:
+            raise ReferenceFormatError(f"{path}: no 'sd/<name>' entries in this .npz")
+        return raw, model_args
+    if ext == ".safetensors":
+        from safetensors import safe_open
+        with safe_open(path, framework="numpy") as f:
+            meta = f.metadata() or {}
+            raw = {k: f.get_tensor(k) for k in f.keys()}
+        return raw, json.loads(meta["config"]) if "config" in meta else {}
+    if ext in (".pt", ".pth", ".bin"):
+        try:
+            import torch
+        except ImportError as e:
+            raise ReferenceFormatError(f"{path}: reading .pt files needs torch (pip install torch)") from e
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(obj, Mapping):
+            raise ReferenceFormatError(f"{path}: expected a dict, found {type(obj).__name__}")
+        return obj, {}
+    raise ReferenceFormatError(f"{path}: unknown extension {ext!r} (expected .pt, .npz or .safetensors)")
 
 
 def eft_to_regular(sd: StateDict) -> StateDict:
