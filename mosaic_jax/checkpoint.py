@@ -1,0 +1,127 @@
+"""Orbax checkpoints: the train state, the data position and the resolved config saved together, asynchronously.
+
+Layout: `workdir/checkpoints/<step>/{state, config, data}` (Orbax CheckpointManager; only finalised steps are
+listed, so a save interrupted by SIGKILL is never picked up, and its temporary folder is cleaned on the next
+start). `data` holds the data position (= the step: batches are a pure function of (seed, step)), the data path,
+seed and tokenizer hash, so a resume replays exactly the batches an uninterrupted run would have seen.
+
+Restore targets are ShapeDtypeStructs carrying the CURRENT mesh's shardings (`train_state.with_shardings`):
+Orbax reads each shard straight into the new layout, so a run can resume on another mesh shape. The sharding
+metadata saved in the checkpoint is deliberately ignored (orbax #648, #2408).
+"""
+from __future__ import annotations
+
+import logging
+import pathlib
+import time
+from typing import Any, Mapping, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint could be restored, or a checkpoint does not match this run (one-line message)."""
+
+
+class Checkpointer:
+    """A CheckpointManager with items `state` (StandardSave), `config` and `data` (JSON)."""
+
+    def __init__(self, directory: str | pathlib.Path, *, every: int, keep: int, async_save: bool = True) -> None:
+        self.directory = pathlib.Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=max(int(every), 1), max_to_keep=max(int(keep), 1),
+            enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
+        self.mngr = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "config", "data"))
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.mngr.all_steps())
+
+    def latest_step(self) -> Optional[int]:
+        return self.mngr.latest_step()
+
+    def should_save(self, step: int) -> bool:
+        return self.mngr.should_save(step)
+
+    def save(self, step: int, state: Any, config: Mapping[str, Any], data: Mapping[str, Any],
+             force: bool = False) -> bool:
+        """Start an (async) save of `state` at `step` if the interval says so (or `force`); True if started."""
+        if step in self.mngr.all_steps():
+            return False  # already saved (e.g. a forced save on SIGTERM right after a periodic one)
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(dict(config)),
+                                  data=ocp.args.JsonSave(dict(data)))
+        return self.mngr.save(step, args=args, force=force)
+
+    def read_json(self, step: int, item: str) -> dict[str, Any]:
+        """One JSON item (`config` or `data`) of a checkpoint, without touching the arrays."""
+        out = self.mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))
+        return dict(out[item])
+
+    def restore(self, target: Any, step: Optional[int] = None) -> Optional[tuple[int, Any, dict[str, Any]]]:
+        """(step, state, data) from the newest checkpoint that restores, or None when there is none.
+
+        `target` is the abstract state with the current mesh's shardings. A checkpoint that fails to restore
+        (truncated, corrupted, wrong shapes) is reported, renamed `<step>.broken-<time>` so that later saves
+        of that step are possible, and the previous one is tried.
+        """
+        steps = [step] if step is not None else sorted(self.mngr.all_steps(), reverse=True)
+        for s in steps:
+            try:
+                out = self.mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                                    data=ocp.args.JsonRestore()))
+                return s, out["state"], dict(out["data"])
+            except Exception as e:  # noqa: BLE001 - any failure means "this checkpoint is unusable"
+                msg = " ".join(str(e).split())[:300]
+                log.error("checkpoint %s failed to restore (%s: %s); trying the previous one",
+                          self.directory / str(s), type(e).__name__, msg)
+                self._set_aside(s)
+        if steps:
+            raise CheckpointError(f"none of the checkpoints {steps} in {self.directory} could be restored")
+        return None
+
+    def _set_aside(self, step: int) -> None:
+        if jax.process_index() == 0:
+            src = self.directory / str(step)
+            if src.exists():
+                src.rename(self.directory / f"{step}.broken-{int(time.time())}")
+        self.mngr.reload()
+
+    def wait(self) -> None:
+        """Block until pending async saves are on disk (call before exiting)."""
+        self.mngr.wait_until_finished()
+
+    def close(self) -> None:
+        self.mngr.wait_until_finished()
+        self.mngr.close()
+
+
+def check_data_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], directory: str) -> None:
+    """Refuse to resume on data tokenized differently (ids would mean other strings: silent garbage)."""
+    old, new = saved.get("tokenizer_hash"), current.get("tokenizer_hash")
+    if old and new and old != new:
+        raise CheckpointError(f"cannot resume from {directory}: its tokenizer hash {old} differs from the data's "
+                              f"{new} (data.path={current.get('path')}); use a new --workdir")
+
+
+def export_params(directory: str | pathlib.Path, params: Any, model_config: Mapping[str, Any]) -> pathlib.Path:
+    """Params-only export (no optimizer state): `directory/params` (Orbax) + `directory/model_config.json`."""
+    import json
+    directory = pathlib.Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(directory / "params", params, force=True)
+    ckptr.wait_until_finished()
+    if jax.process_index() == 0:
+        (directory / "model_config.json").write_text(json.dumps(dict(model_config), indent=1) + "\n")
+    return directory
+
+
+def load_exported(directory: str | pathlib.Path, target: Any = None) -> tuple[dict[str, Any], Any]:
+    """(model config dict, params) from `export_params`; `target` (abstract params with shardings) optional."""
+    import json
+    directory = pathlib.Path(directory).absolute()
+    cfg = json.loads((directory / "model_config.json").read_text())
+    params = ocp.StandardCheckpointer().restore(directory / "params", target)
+    return cfg, params

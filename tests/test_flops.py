@@ -1,0 +1,78 @@
+"""The analytic FLOP formula, checked against the spec's numbers and against XLA's cost analysis; peaks and MFU."""
+import json
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from mosaic_jax import flops, model
+from mosaic_jax.config import ModelConfig
+
+NOTES_CFG = ModelConfig(n_layer=4, n_embd=256, n_head=8, pmem_size=896, vocab_size=8192, block_size=256)
+
+
+def test_formula_matches_performance_notes():
+    """../shared/spec/performance_notes.md: 11.53 MFLOP/token forward, 34.60 training at T=256, 37.75 at T=512."""
+    assert flops.forward_flops_per_token(NOTES_CFG, 256) / 1e6 == pytest.approx(11.53, abs=0.01)
+    assert flops.train_flops_per_token(NOTES_CFG, 256) / 1e6 == pytest.approx(34.60, abs=0.01)
+    assert flops.train_flops_per_token(NOTES_CFG, 512) / 1e6 == pytest.approx(37.75, abs=0.01)
+
+
+def test_mosaic_with_p_3_5c_equals_gpt2():
+    mm = ModelConfig(n_layer=12, n_embd=768, n_head=12, pmem_size=2688)
+    assert flops.forward_flops_per_token(mm, 512) == flops.forward_flops_per_token(mm.replace(arch="gpt2"), 512)
+
+
+def test_causal_halving_option():
+    full = flops.forward_flops_per_token(NOTES_CFG, 256)
+    half = flops.forward_flops_per_token(NOTES_CFG, 256, causal_halving=True)
+    assert full - half == NOTES_CFG.n_layer * 2 * 256 * 256
+
+
+@pytest.mark.parametrize("arch", ["mosaic", "gpt2"])
+def test_formula_vs_xla_cost_analysis(arch):
+    """XLA counts every op; matmuls dominate at this size, so the formula must agree within 5%.
+
+    Layers are unrolled (XLA's cost analysis counts a while-loop body once) and the leaky average uses the
+    associative scan (its T×T matrix form adds hardware FLOPs the model-FLOP convention leaves out).
+    """
+    T, B = 128, 2
+    cfg = ModelConfig(arch=arch, n_layer=2, n_embd=256, n_head=4, pmem_size=512, vocab_size=512, block_size=T,
+                      scan_layers=False, leaky_impl="scan", ic_dropout=0.0, hd_dropout=0.0)
+    params = jax.eval_shape(lambda: model.init_params(cfg, jax.random.PRNGKey(0)))
+    tokens = jax.ShapeDtypeStruct((B, T), jnp.int32)
+    loss = lambda p, x: model.loss_fn(cfg, p, x, x)  # noqa: E731
+
+    def xla_flops(fn):
+        cost = jax.jit(fn).lower(params, tokens).compile().cost_analysis()
+        return (cost[0] if isinstance(cost, list) else cost)["flops"] / (B * T)
+
+    assert xla_flops(loss) == pytest.approx(flops.forward_flops_per_token(cfg, T), rel=0.05)
+    assert xla_flops(jax.value_and_grad(loss)) == pytest.approx(flops.train_flops_per_token(cfg, T), rel=0.05)
+
+
+@pytest.mark.parametrize("kind,peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H200", 989e12),
+                                       ("NVIDIA A100-SXM4-80GB", 312e12), ("TPU v4", 275e12),
+                                       ("TPU v5 lite", 197e12), ("TPU v5p", 459e12), ("TPU v5", 459e12),
+                                       ("TPU v6 lite", 918e12), ("cpu", None)])
+def test_peak_table(kind, peak):
+    assert flops.device_peak_flops(SimpleNamespace(device_kind=kind)) == peak
+
+
+def test_mfu():
+    assert flops.mfu(1000.0, 1e9, 4e12) == pytest.approx(0.25)
+    assert flops.mfu(1000.0, 1e9, None) is None
+
+
+def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(flops, "measure_cpu_peak", lambda dtype: calls.append(dtype) or 123e9)
+    assert flops.cpu_peak_flops(tmp_path, "float32") == 123e9
+    assert flops.cpu_peak_flops(tmp_path, "float32") == 123e9
+    assert calls == ["float32"]
+    assert list(json.loads((tmp_path / "cpu_peak_flops.json").read_text()).values()) == [123e9]
+
+
+def test_measure_cpu_peak_is_positive():
+    assert flops.measure_cpu_peak("float32", n=128, repeats=2) > 0
