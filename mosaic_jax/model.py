@@ -10,6 +10,7 @@ Pure-function API:
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Optional
 
@@ -87,11 +88,15 @@ def build_model(cfg: ModelConfig, fns: MemoryFns = DEFAULT_FNS) -> LanguageModel
     return LanguageModel(cfg, fns)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _init(cfg: ModelConfig, rng: Array, fns: MemoryFns) -> Params:
+    tokens = jnp.zeros((1, min(cfg.block_size, 8)), jnp.int32)
+    return nn.meta.unbox(build_model(cfg, fns).init({"params": rng}, tokens)["params"])
+
+
 def init_params(cfg: ModelConfig, rng: Array, fns: MemoryFns = DEFAULT_FNS) -> Params:
     """Parameters (float32 pytree, layers stacked on a leading axis) drawn with the reference's distributions."""
-    tokens = jnp.zeros((1, min(cfg.block_size, 8)), jnp.int32)
-    variables = build_model(cfg, fns).init({"params": rng}, tokens)
-    return nn.meta.unbox(variables["params"])
+    return _init(cfg, rng, fns)
 
 
 def param_axes(cfg: ModelConfig, fns: MemoryFns = DEFAULT_FNS) -> Params:

@@ -38,32 +38,42 @@ def test_causality(arch: str, k_kernel_size: int) -> None:
         assert np.abs(out[:, s] - base[:, s]).max() > 1e-6
 
 
+def loss_and_grads(cfg: ModelConfig, params, tokens, targets, rng=None):
+    return jax.jit(jax.value_and_grad(lambda p: mj.loss_fn(cfg, p, tokens, targets, rng=rng)))(params)
+
+
 def test_jit_and_eager_agree_and_grads_are_finite() -> None:
     cfg = ModelConfig(**TINY)
     params = mj.init_params(cfg, jax.random.key(2))
     tokens = jax.random.randint(jax.random.key(3), (2, 16), 0, cfg.vocab_size)
-    with jax.disable_jit():
-        eager = np.asarray(mj.apply(cfg, params, tokens))
+    eager = np.asarray(mj.apply(cfg, params, tokens))  # op by op, no outer jit
     jitted = np.asarray(jax.jit(lambda p: mj.apply(cfg, p, tokens))(params))
     np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-5)
-    grads = jax.grad(lambda p: mj.loss_fn(cfg, p, tokens, jnp.roll(tokens, -1, 1), rng=jax.random.key(4)))(params)
+    _, grads = loss_and_grads(cfg, params, tokens, jnp.roll(tokens, -1, 1), rng=jax.random.key(4))
     leaves = jax.tree.leaves(grads)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
     assert sum(float(jnp.sum(jnp.abs(g))) > 0 for g in leaves) == len(leaves)  # every parameter gets a gradient
 
 
-@pytest.mark.parametrize("change", [dict(scan_layers=False), dict(remat="full"), dict(remat="dots"),
-                                    dict(leaky_impl="scan"), dict(leaky_impl="chunked"), dict(cmem_impl="flash")])
-def test_implementation_options_compute_the_same_function(change: dict) -> None:
+@pytest.fixture(scope="module")
+def baseline():
     cfg = ModelConfig(**TINY)
     params = mj.init_params(cfg, jax.random.key(5))
     tokens = jax.random.randint(jax.random.key(6), (2, 24), 0, cfg.vocab_size)
     targets = jnp.roll(tokens, -1, 1)
+    logits = jax.jit(lambda p: mj.apply(cfg, p, tokens))(params)
+    return cfg, params, tokens, targets, logits, loss_and_grads(cfg, params, tokens, targets)
+
+
+@pytest.mark.parametrize("change", [dict(scan_layers=False), dict(remat="full"), dict(remat="dots"),
+                                    dict(leaky_impl="scan"), dict(leaky_impl="chunked"), dict(cmem_impl="flash")])
+def test_implementation_options_compute_the_same_function(baseline, change: dict) -> None:
+    cfg, params, tokens, targets, logits, (loss, grads) = baseline
     other = cfg.replace(**change)
-    np.testing.assert_allclose(mj.apply(other, params, tokens), mj.apply(cfg, params, tokens), rtol=1e-5, atol=1e-5)
-    g0 = jax.grad(lambda p: mj.loss_fn(cfg, p, tokens, targets))(params)
-    g1 = jax.grad(lambda p: mj.loss_fn(other, p, tokens, targets))(params)
-    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(jax.jit(lambda p: mj.apply(other, p, tokens))(params), logits, rtol=1e-5, atol=1e-5)
+    loss1, grads1 = loss_and_grads(other, params, tokens, targets)
+    np.testing.assert_allclose(loss1, loss, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads1), jax.tree.leaves(grads)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
@@ -71,21 +81,23 @@ def test_dropout_is_seeded_and_eval_is_deterministic() -> None:
     cfg = ModelConfig(**TINY)
     params = mj.init_params(cfg, jax.random.key(7))
     tokens = jax.random.randint(jax.random.key(8), (2, 16), 0, cfg.vocab_size)
-    a = mj.apply(cfg, params, tokens, rng=jax.random.key(9))
-    b = mj.apply(cfg, params, tokens, rng=jax.random.key(9))
-    c = mj.apply(cfg, params, tokens, rng=jax.random.key(10))
+    train = jax.jit(lambda rng: mj.apply(cfg, params, tokens, rng=rng))
+    a, b, c = train(jax.random.key(9)), train(jax.random.key(9)), train(jax.random.key(10))
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
-    np.testing.assert_array_equal(mj.apply(cfg, params, tokens), mj.apply(cfg, params, tokens))
+    ev = jax.jit(lambda p: mj.apply(cfg, p, tokens))
+    np.testing.assert_array_equal(ev(params), ev(params))
+    assert not np.allclose(a, ev(params))
 
 
 def test_bfloat16_compute_keeps_float32_logits_and_stays_close() -> None:
     cfg = ModelConfig(**TINY)
     params = mj.init_params(cfg, jax.random.key(11))
     tokens = jax.random.randint(jax.random.key(12), (2, 16), 0, cfg.vocab_size)
-    lo = mj.apply(cfg.replace(dtype="bfloat16"), params, tokens)
+    bf16 = cfg.replace(dtype="bfloat16")
+    lo = jax.jit(lambda p: mj.apply(bf16, p, tokens))(params)
     assert lo.dtype == jnp.float32
-    np.testing.assert_allclose(lo, mj.apply(cfg, params, tokens), atol=0.05)
+    np.testing.assert_allclose(lo, jax.jit(lambda p: mj.apply(cfg, p, tokens))(params), atol=0.05)
 
 
 @pytest.mark.parametrize("arch,n_layer,expected", [
@@ -130,7 +142,8 @@ def test_param_axes_name_every_dimension() -> None:
 def test_long_sequences_beyond_block_size_run_for_the_mosaic_only() -> None:
     cfg = ModelConfig(**TINY)
     params = mj.init_params(cfg, jax.random.key(0))
-    assert mj.apply(cfg, params, jnp.zeros((1, 3 * cfg.block_size), jnp.int32)).shape == (1, 96, 96)
+    long = jax.jit(lambda p, x: mj.apply(cfg, p, x))(params, jnp.zeros((1, 3 * cfg.block_size), jnp.int32))
+    assert long.shape == (1, 96, 96) and bool(jnp.all(jnp.isfinite(long)))
     g = ModelConfig(arch="gpt2", **TINY)
     with pytest.raises(ValueError, match="block_size"):
         mj.apply(g, mj.init_params(g, jax.random.key(0)), jnp.zeros((1, 33), jnp.int32))
