@@ -26,3 +26,26 @@ def golden_dir(shared_dir: pathlib.Path) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def data_dir(shared_dir: pathlib.Path) -> pathlib.Path:
     return shared_dir / "data"
+
+
+# --- data pipeline (tests/test_data_*.py, tests/test_prepare_data.py) ---------------------------------
+@pytest.fixture(scope="session")
+def prepared_sp(data_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """All of ../shared/data/tinystories with a small trained sentencepiece BPE (1024 pieces) in several shards."""
+    from mosaic_jax.data import pipeline
+
+    out = tmp_path_factory.mktemp("prepared") / "tinystories_sp1024"
+    options = pipeline.PrepareOptions(tokenizer_sample_mb=1.0, shard_tokens=1 << 17, val_fraction=0.05)
+    pipeline.prepare([str(data_dir / "tinystories")], str(out), "sp:1024", options, num_workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared_byte(data_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """The TinyStories v2 sample with the byte tokenizer, one shard per split."""
+    from mosaic_jax.data import pipeline
+
+    out = tmp_path_factory.mktemp("prepared") / "tinystories_v2_byte"
+    src = data_dir / "tinystories" / "train_v2gpt4_prefix.txt"
+    pipeline.prepare([str(src)], str(out), "byte", pipeline.PrepareOptions(val_fraction=0.05), num_workers=1, progress=False)
+    return out

@@ -1,0 +1,345 @@
+"""prepare(): text inputs → tokenizer → a prepared folder (see store.py). The CLI is mosaic_jax/prepare_data.py.
+
+Steps: expand and hash the inputs; stop early if the output already holds the same preparation (no-op) or
+refuse if it holds a different one; sniff every file (bad files fail before the long work); train a
+sentencepiece model on a seeded sample if asked; tokenize in worker processes in bounded, ordered chunks;
+write shards and offsets into a temporary folder, the manifest last, then rename it into place.
+The output never depends on the number of workers.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import hashlib
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import time
+import uuid
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from mosaic_jax.data import ingest, store, tokenizers
+from mosaic_jax.data.errors import DataError
+
+_CHUNK_CHARS = 1 << 19  # text per worker task: large enough to amortise IPC, small enough to balance load
+_BYTES_PER_WORKER = 16 << 20  # auto worker count: one per this many input bytes, at most one per core
+_GZIP_RATIO = 4  # rough text/compressed ratio, only to size the tokenizer-training sample
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareOptions:
+    """Everything that changes the prepared output (and so its fingerprint)."""
+
+    format: str = "auto"  # auto | text | jsonl
+    separator: str = "auto"  # auto | blank | line | file | <marker>
+    text_field: str = "text"  # JSONL objects: field holding the text ("a.b" for nested)
+    val_fraction: float = 0.01  # share of documents in validation (ignored with validation_inputs)
+    seed: int = 0  # split and tokenizer-sample seed
+    shard_tokens: int = 1 << 30
+    dtype: str = "auto"  # auto | uint8 | uint16 | uint32
+    add_bos: bool = False  # BOS before every document (v2 style); EOS always follows it
+    tokenizer_sample_mb: float = 100.0  # text sampled to train a sentencepiece model
+    include: tuple[str, ...] = ingest.DEFAULT_INCLUDE  # file patterns taken from input folders
+
+
+@dataclasses.dataclass
+class PrepareResult:
+    path: str
+    manifest: dict[str, Any]
+    skipped: bool  # True when the output already held this preparation
+    seconds: float
+    text_bytes: int
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.text_bytes / 1e6 / max(self.seconds, 1e-9)
+
+
+def is_validation(text: str, seed: int, fraction: float) -> bool:
+    """Seeded, content-keyed split: identical documents always land in the same split."""
+    if fraction <= 0:
+        return False
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=str(seed).encode()).digest()
+    return int.from_bytes(digest, "little") < fraction * 2.0**64
+
+
+@dataclasses.dataclass
+class _ChunkEncoder:
+    """Encodes a chunk of documents into per-split (tokens, doc_lengths). Pickled once into each worker."""
+
+    tokenizer: tokenizers.Tokenizer
+    dtype: np.dtype
+    val_fraction: float
+    seed: int
+    add_bos: bool
+
+    def __call__(self, role: str, texts: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        groups: dict[str, list[str]] = {"train": [], "validation": []}
+        for text in texts:
+            if role == "split":
+                groups["validation" if is_validation(text, self.seed, self.val_fraction) else "train"].append(text)
+            else:
+                groups[role].append(text)
+        return {split: self._encode(docs) for split, docs in groups.items() if docs}
+
+    def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        tok = self.tokenizer
+        flat: list[int] = []
+        lengths_D = np.empty(len(texts), np.int64)
+        for i, ids in enumerate(tok.encode_batch(texts)):
+            if self.add_bos:
+                flat.append(tok.bos_id)
+            flat.extend(ids)
+            flat.append(tok.eos_id)  # EOS after every document, as the reference does
+            lengths_D[i] = len(ids) + 1 + int(self.add_bos)
+        return np.array(flat, dtype=self.dtype), lengths_D
+
+
+_worker_encoder: _ChunkEncoder | None = None
+
+
+def _init_worker(encoder: _ChunkEncoder) -> None:
+    global _worker_encoder
+    _worker_encoder = encoder
+
+
+def _encode_in_worker(role: str, texts: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    assert _worker_encoder is not None
+    return _worker_encoder(role, texts)
+
+
+def _encoded_chunks(
+    encoder: _ChunkEncoder, chunks: Iterator[tuple[str, list[str], int]], num_workers: int
+) -> Iterator[tuple[dict[str, tuple[np.ndarray, np.ndarray]], int]]:
+    """Encoded chunks in input order. At most 2 tasks per worker are in flight, bounding memory."""
+    if num_workers <= 1:
+        for role, texts, nbytes in chunks:
+            yield encoder(role, texts), nbytes
+        return
+    # spawn, not fork: sentencepiece/tqdm threads may exist in this process.
+    with multiprocessing.get_context("spawn").Pool(num_workers, _init_worker, (encoder,)) as pool:
+        pending: collections.deque = collections.deque()
+        for role, texts, nbytes in chunks:
+            pending.append((pool.apply_async(_encode_in_worker, (role, texts)), nbytes))
+            if len(pending) >= 2 * num_workers:
+                result, n = pending.popleft()
+                yield result.get(), n
+        while pending:
+            result, n = pending.popleft()
+            yield result.get(), n
+
+
+def _chunks(readers: list[tuple[ingest.SourceReader, str]]) -> Iterator[tuple[str, list[str], int]]:
+    """(role, texts, file bytes consumed) for each chunk; role is train, validation or split."""
+    for reader, role in readers:
+        texts: list[str] = []
+        chars = done = 0
+        for doc in reader.documents():
+            texts.append(doc)
+            chars += len(doc)
+            if chars >= _CHUNK_CHARS:
+                position = reader.position()
+                yield role, texts, position - done
+                texts, chars, done = [], 0, position
+        yield role, texts, os.path.getsize(reader.path) - done
+
+
+def _sample_for_tokenizer(
+    readers: list[tuple[ingest.SourceReader, str]], options: PrepareOptions, bar: Any
+) -> Iterator[str]:
+    """A seeded sample of about tokenizer_sample_mb of training documents (validation ones are left out)."""
+    train = [(r, role) for r, role in readers if role != "validation"]
+    total = sum(os.path.getsize(r.path) * (_GZIP_RATIO if r.path.endswith(".gz") else 1) for r, _ in train)
+    keep = min(1.0, options.tokenizer_sample_mb * 1e6 / max(total, 1))
+    rng = random.Random(options.seed)
+    for reader, role in train:
+        for doc in reader.documents():
+            if role == "split" and is_validation(doc, options.seed, options.val_fraction):
+                continue
+            if keep >= 1.0 or rng.random() < keep:
+                yield doc
+        bar.update(os.path.getsize(reader.path))
+
+
+def _tqdm(enabled: bool, total: int, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not enabled, dynamic_ncols=True)
+
+
+def _identity(tokenizer_id: str, options: PrepareOptions, train: list[dict], validation: list[dict]) -> dict[str, Any]:
+    """What the fingerprint covers: content hashes (not paths), options and the tokenizer."""
+    settings = dataclasses.asdict(options)
+    if not tokenizer_id.startswith("train:"):
+        del settings["tokenizer_sample_mb"]  # only matters when a tokenizer is trained
+    return {
+        "format": store.FORMAT_VERSION,
+        "tokenizer": tokenizer_id,
+        "options": settings,
+        "inputs": [s["sha256"] for s in train],
+        "validation_inputs": [s["sha256"] for s in validation],
+    }
+
+
+def _fingerprint(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _existing(output: str, fingerprint: str, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The output's manifest if it already holds this preparation; raises if it holds anything else."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise DataError(f"{output}: output exists and is not a folder")
+    if not os.path.isdir(output):
+        return None
+    if not os.path.exists(os.path.join(output, store.MANIFEST_FILE)):
+        if os.listdir(output):
+            raise DataError(f"{output}: output folder is not empty and holds no manifest; refusing to write into it")
+        return None
+    manifest = store.read_manifest(output)
+    if manifest.get("fingerprint") == fingerprint:
+        store.check_files(output, manifest)
+        return manifest
+    old = manifest.get("identity", {})
+    differs = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+    if "options" in differs:
+        was, now = old.get("options") or {}, identity["options"]
+        changed = sorted(k for k in set(was) | set(now) if k in was and k in now and was[k] != now[k])
+        if changed:
+            differs[differs.index("options")] = f"options ({', '.join(changed)})"
+        else:
+            differs.remove("options")  # only an option that applies to one side (tokenizer_sample_mb)
+    raise DataError(
+        f"{output}: holds a different prepared dataset (differs in {', '.join(differs) or 'fingerprint'}); "
+        "refusing to overwrite it: choose another --output or delete it"
+    )
+
+
+def _remove_stale_temporaries(parent: str, name: str) -> None:
+    """Delete temporary folders left by killed runs (their process is gone); live runs' are kept."""
+    prefix = f".{name}.tmp-"
+    for entry in os.listdir(parent):
+        if not entry.startswith(prefix):
+            continue
+        try:
+            os.kill(int(entry[len(prefix):].split("-")[0]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass
+
+
+def prepare(
+    inputs: Sequence[str],
+    output: str,
+    tokenizer: str = "sp:8192",
+    options: PrepareOptions = PrepareOptions(),
+    *,
+    validation_inputs: Sequence[str] = (),
+    num_workers: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda message: None,
+) -> PrepareResult:
+    """Prepare ``inputs`` into the folder ``output``; see the module docstring. Raises DataError on bad input."""
+    start = time.perf_counter()
+    if not 0 <= options.val_fraction < 1:
+        raise DataError(f"val_fraction {options.val_fraction}: must be in [0, 1)")
+    output = os.path.normpath(output)
+    train_files = ingest.expand_inputs(inputs, options.include)
+    val_files = ingest.expand_inputs(validation_inputs, options.include) if validation_inputs else []
+    sources = [
+        {"path": p, "role": role, "sha256": store.sha256_file(p), "bytes": os.path.getsize(p)}
+        for files, role in ((train_files, "split" if not val_files else "train"), (val_files, "validation"))
+        for p in files
+    ]
+    train_sources = [s for s in sources if s["role"] != "validation"]
+    val_sources = [s for s in sources if s["role"] == "validation"]
+
+    train_spec = tokenizers.parse_train_spec(tokenizer)
+    tok: tokenizers.Tokenizer | None = None
+    if train_spec is None:
+        tok = tokenizers.load_tokenizer(tokenizer)
+        tokenizer_id = tok.hash
+    else:
+        tokenizer_id = f"train:sp-{train_spec[0]}:{train_spec[1]}"
+    # A JSON round trip makes it compare equal to the copy read back from a manifest (tuples → lists).
+    identity = json.loads(json.dumps(_identity(tokenizer_id, options, train_sources, val_sources)))
+    fingerprint = _fingerprint(identity)
+    manifest = _existing(output, fingerprint, identity)
+    if manifest is not None:
+        log(f"{output}: already prepared from these inputs (fingerprint {fingerprint[:12]}); nothing to do")
+        return PrepareResult(output, manifest, True, time.perf_counter() - start, 0)
+
+    # Sniff every file now, so a bad file fails in seconds rather than after an hour of tokenizing.
+    readers = [
+        (ingest.SourceReader(s["path"], options.format, options.separator, options.text_field), s["role"])
+        for s in sources
+    ]
+    total_bytes = sum(s["bytes"] for s in sources)
+    if train_spec is not None:
+        model_type, vocab_size = train_spec
+        log(f"training sentencepiece {model_type} ({vocab_size} pieces) on a sample of ≤{options.tokenizer_sample_mb} MB")
+        with _tqdm(progress, sum(s["bytes"] for s in train_sources), "sample") as bar:
+            tok = tokenizers.train_sentencepiece(_sample_for_tokenizer(readers, options, bar), vocab_size, model_type)
+    assert tok is not None
+    dtype = store.token_dtype(tok.vocab_size, options.dtype)
+    # Auto: a worker per core, but none for small inputs, where spawning (seconds) costs more than it saves.
+    auto_workers = min(os.cpu_count() or 1, total_bytes // _BYTES_PER_WORKER)
+    workers = max(1, num_workers if num_workers is not None else auto_workers)
+    encoder = _ChunkEncoder(tok, dtype, 0.0 if val_files else options.val_fraction, options.seed, options.add_bos)
+
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    _remove_stale_temporaries(parent, os.path.basename(output))
+    tmp = os.path.join(parent, f".{os.path.basename(output)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    os.makedirs(tmp)
+    try:
+        writers = {split: store.SplitWriter(tmp, split, dtype, options.shard_tokens) for split in store.SPLITS}
+        log(f"tokenizing {total_bytes / 1e6:.1f} MB in {len(sources)} file(s) with {workers} worker(s)")
+        tokenize_start = time.perf_counter()
+        with _tqdm(progress, total_bytes, "tokenize") as bar:
+            for encoded, nbytes in _encoded_chunks(encoder, _chunks(readers), workers):
+                for split, (tokens, lengths) in encoded.items():
+                    writers[split].add(tokens, lengths)
+                bar.update(nbytes)
+        tokenize_seconds = time.perf_counter() - tokenize_start
+        splits = {split: info for split, w in writers.items() if (info := w.close()) is not None}
+        if "train" not in splits:
+            names = ", ".join(s["path"] for s in train_sources)[:300]
+            raise DataError(f"{names}: empty corpus (no training documents; every file is empty or blank)")
+        if isinstance(tok, tokenizers.SentencePieceTokenizer):
+            tok.save(os.path.join(tmp, tokenizers.TOKENIZER_FILE))
+        text_bytes = sum(r.text_bytes for r, _ in readers)
+        seconds = time.perf_counter() - start
+        manifest = {
+            "format": store.FORMAT_VERSION,
+            "fingerprint": fingerprint,
+            "identity": identity,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "tokenizer": {**tok.describe(), "spec": tokenizer},
+            "dtype": dtype.name,
+            "add_bos": options.add_bos,
+            "splits": splits,
+            "sources": [
+                {**s, "format": r.format, "separator": r.separator if r.format == "text" else None,
+                 "num_docs": r.num_docs, "text_bytes": r.text_bytes, "replaced_bytes": r.replaced_bytes}
+                for s, (r, _) in zip(sources, readers)
+            ],
+            "stats": {"text_bytes": text_bytes, "seconds": round(seconds, 3),
+                      "tokenize_seconds": round(tokenize_seconds, 3), "workers": workers},
+        }
+        for s in manifest["sources"]:
+            if s["replaced_bytes"]:
+                log(f"{s['path']}: {s['replaced_bytes']} undecodable bytes replaced by U+FFFD")
+        tokenizers.atomic_write(os.path.join(tmp, store.MANIFEST_FILE), json.dumps(manifest, indent=1).encode())
+        if os.path.isdir(output):
+            os.rmdir(output)  # _existing() allowed only an empty folder here
+        os.rename(tmp, output)  # the commit point: before it, nothing exists at `output`
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return PrepareResult(output, manifest, False, seconds, text_bytes)
