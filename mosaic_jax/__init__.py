@@ -3,11 +3,36 @@
     import mosaic_jax as mj
     cfg, params = mj.load_reference("ckpt.pt")        # official PyTorch checkpoint
     logits = mj.apply(cfg, params, tokens)             # (B, T, V), eval mode when rng is None
-"""
-from mosaic_jax.config import ModelConfig
-from mosaic_jax.layers import MemoryFns
-from mosaic_jax.model import apply, count_params, init_params, loss_fn, param_axes
-from mosaic_jax.reference import ReferenceFormatError, export_reference, load_reference
 
-__all__ = ["ModelConfig", "MemoryFns", "apply", "count_params", "init_params", "loss_fn", "param_axes",
-           "load_reference", "export_reference", "ReferenceFormatError"]
+Names are imported lazily, so light tools (data preparation, grain worker processes) do not pay for JAX.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ModelConfig": "mosaic_jax.config",
+    "MemoryFns": "mosaic_jax.layers",
+    "apply": "mosaic_jax.model",
+    "count_params": "mosaic_jax.model",
+    "init_params": "mosaic_jax.model",
+    "loss_fn": "mosaic_jax.model",
+    "param_axes": "mosaic_jax.model",
+    "load_reference": "mosaic_jax.reference",
+    "export_reference": "mosaic_jax.reference",
+    "ReferenceFormatError": "mosaic_jax.reference",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mosaic_jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
