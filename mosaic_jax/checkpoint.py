@@ -31,8 +31,11 @@ class Checkpointer:
 
     def __init__(self, directory: str | pathlib.Path, *, every: int, keep: int, async_save: bool = True) -> None:
         self.directory = pathlib.Path(directory).absolute()
+        # Only the fixed interval: Orbax's default also saves the very first step (InitialSavePolicy); SIGTERM is
+        # handled by the training loop (a forced save), identically on one or many processes.
+        policy = ocp.checkpoint_managers.FixedIntervalPolicy(max(int(every), 1))
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=max(int(every), 1), max_to_keep=max(int(keep), 1),
+            save_decision_policy=policy, max_to_keep=max(int(keep), 1),
             enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
         self.mngr = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "config", "data"))
 

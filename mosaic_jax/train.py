@@ -1,0 +1,272 @@
+r"""Train a memory mosaic (or the GPT-2 baseline) on a prepared data folder.
+
+    python -m mosaic_jax.train --config=experiments/configs/tiny_cpu.py --workdir=runs/tiny \
+        [--config.data.path=DIR] [--config.train.steps=2000] [--config.mesh.fsdp=-1] ...
+
+Re-running the same command resumes from the newest complete checkpoint in the workdir. SIGTERM (preemption)
+saves a checkpoint and exits 0. Bad input exits 1 with a one-line error naming the field or file, before
+anything is written. See docs/training.md.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/configs/*.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, TensorBoard, config.json.")
+
+
+class _Preemption:
+    """SIGTERM sets a flag; the loop saves at the next step boundary and exits 0 (never mid-step)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def agreed(self) -> bool:
+        """Every process must stop at the same step: OR the flag across processes (no-op with one)."""
+        import jax
+        if jax.process_count() == 1:
+            return self.requested
+        import numpy as np
+        from jax.experimental import multihost_utils
+        return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
+
+
+def _say(message: str) -> None:
+    import jax
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def train(config: Any, workdir: str) -> dict[str, Any]:
+    """Run (or resume) training; returns a summary (final step, last train/eval metrics, last sample)."""
+    import jax
+    import numpy as np
+
+    from mosaic_jax import checkpoint, configs, evaluate_lm, flops, metrics, model, optim, sharding
+    from mosaic_jax import train_state, train_step
+    from mosaic_jax.data import loader, store, tokenizers
+    from mosaic_jax.data.errors import DataError
+
+    preempt = _Preemption()
+    preempt.install()   # first thing: a SIGTERM during set-up or compilation must not kill the run uncleanly
+    # ---- validate every input before writing anything --------------------------------------------------------
+    if config is None:
+        raise configs.ConfigError("--config is required (e.g. experiments/configs/tiny_cpu.py)")
+    if not workdir:
+        raise configs.ConfigError("--workdir is required")
+    if config.train.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", config.train.compilation_cache_dir)
+    ds = store.open_prepared(config.data.path, "train")
+    try:
+        mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    except ValueError as e:
+        raise configs.ConfigError(str(e)) from None
+    pi, pc = jax.process_index(), jax.process_count()
+    rc = configs.resolve(config, ds.vocab_size, sharding.data_parallel_size(mesh), pc)
+    cfg, t, d = rc.model, rc.cfg.train, rc.cfg.data
+    try:
+        val = store.open_prepared(d.path, "validation") if t.eval_every else None
+    except DataError:
+        val = None
+        _say(f"note: {d.path} has no validation split; evaluation is off")
+    train_src = loader.BatchSource(ds, d.seq_len, t.global_batch, t.seed, packing=d.packing)
+    val_src = loader.BatchSource(val, d.seq_len, t.eval_batch_size, d.eval_seed, packing=d.packing) if val else None
+    data_meta = {"path": os.path.abspath(d.path), "seed": int(t.seed), "tokenizer_hash": ds.tokenizer_hash,
+                 "global_batch": int(t.global_batch), "seq_len": int(d.seq_len)}
+
+    workdir_p = pathlib.Path(workdir).absolute()
+    ckpt_dir = workdir_p / "checkpoints"
+    if ckpt_dir.exists():  # refuse a resume on differently tokenized data before creating or changing anything
+        probe = checkpoint.Checkpointer(ckpt_dir, every=t.checkpoint_every, keep=t.keep_checkpoints,
+                                        async_save=False)
+        latest = probe.latest_step()
+        if latest is not None:
+            checkpoint.check_data_compatible(probe.read_json(latest, "data"), data_meta, str(ckpt_dir))
+        probe.close()
+
+    # ---- set up: workdir, state (restored or fresh), compiled steps --------------------------------------------
+    workdir_p.mkdir(parents=True, exist_ok=True)
+    if pi == 0:
+        (workdir_p / "config.json").write_text(rc.cfg.to_json_best_effort(indent=1) + "\n")
+    tx = optim.make_optimizer(rc.optim, optim.decay_mask(model.param_axes(cfg)))
+    shardings = train_state.state_shardings(cfg, tx, mesh)
+    ckpt = checkpoint.Checkpointer(ckpt_dir, every=t.checkpoint_every, keep=t.keep_checkpoints,
+                                   async_save=t.async_checkpoint)
+    target = train_state.with_shardings(train_state.abstract_state(cfg, tx), shardings)
+    restored = ckpt.restore(target) if ckpt.latest_step() is not None else None
+    if restored is not None:
+        step0, state, _ = restored
+        _say(f"resumed from {ckpt_dir / str(step0)} (step {step0})")
+    else:
+        state = train_state.create_sharded_state(cfg, tx, t.seed, shardings)
+    start = int(jax.device_get(state.step))
+    n_params = train_state.count_params(state)
+    _say(f"{cfg.arch}: {n_params:,} params | mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform}"
+         f" device(s) | batch {t.global_batch}x{d.seq_len} ({t.microbatches} microbatch(es)) | steps {start}->{t.steps}")
+
+    step_fn = train_step.jit_train_step(
+        train_step.make_train_step(cfg, tx, optim.lr_schedule(rc.optim), microbatches=t.microbatches,
+                                   dropout=t.dropout, mesh=mesh, param_shardings=shardings.params),
+        shardings, mesh)
+    eval_fn = train_step.jit_eval_step(train_step.make_eval_step(cfg), shardings.params, mesh)
+    tokenizer = tokenizers.load_tokenizer(d.path)
+    writer = metrics.MetricWriter(workdir_p)
+    flops_per_token = flops.train_flops_per_token(cfg, d.seq_len)
+    peak, peak_src = flops.total_peak_flops(workdir_p, cfg.dtype, t.peak_flops)
+    _say(f"MFU: {flops_per_token / 1e6:.2f} MFLOP/token ({flops.FORMULA_VERSION}); peak "
+         f"{(peak or 0) / 1e9:,.0f} GFLOP/s ({peak_src})")
+    ckpt_cfg = rc.to_dict()
+
+    def run_eval(step: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if val_src is not None and t.eval_batches:
+            out = evaluate_lm.evaluate(eval_fn, state.params, val_src, t.eval_batches, mesh, pi, pc)
+            writer.write_scalars(step, out, split="eval")
+            _say(f"eval step {step} | loss {out['loss']:.4f} | perplexity {out['perplexity']:.2f}")
+        if t.sample_tokens:
+            text = evaluate_lm.sample_text(cfg, state.params, tokenizer, t.sample_prompt, t.sample_tokens,
+                                           temperature=t.sample_temperature, seed=step)
+            writer.write_text(step, "sample", text)
+            out["sample"] = text
+            _say(f"sample step {step}: {text!r}")
+        return out
+
+    # ---- the loop -------------------------------------------------------------------------------------------
+    it = loader.make_iterator(train_src, start, pi, pc, d.num_workers, num_steps=max(t.steps - start, 1))
+    pending: list[tuple[int, Any]] = []   # (step, device metrics), read one step late so dispatch runs ahead
+    last: dict[str, Any] = {}
+    window_start, window_steps = time.perf_counter(), 0   # the clock for tokens/s
+
+    def drain(upto: int = 0, timed: bool = True) -> None:
+        """Fetch pending metrics (all but the newest `upto`), stop on NaN/Inf, log every log_every steps.
+
+        Fetching step s's metrics waits for step s to finish, so (now - window_start) / steps fetched since
+        is the time per step, while step s+1 already runs on the device."""
+        nonlocal window_start, window_steps, last
+        while len(pending) > upto:
+            step, m = pending.pop(0)
+            m = {k: float(v) for k, v in jax.device_get(m).items()}
+            window_steps += 1
+            metrics.check_finite(step, m)
+            last = m
+            if step % t.log_every == 0 or step == t.steps:
+                if timed:
+                    dt = (time.perf_counter() - window_start) / window_steps
+                    tps = t.global_batch * d.seq_len / dt
+                    m.update(step_time=dt, tokens_per_s=tps, mfu=flops.mfu(tps, flops_per_token, peak))
+                writer.write_scalars(step, m)
+                _say(metrics.console_line(step, t.steps, m))
+                window_start, window_steps = time.perf_counter(), 0
+
+    def restart_clock() -> None:
+        """Compilation and evaluation are not step time."""
+        nonlocal window_start, window_steps
+        window_start, window_steps = time.perf_counter(), 0
+
+    eval_out: dict[str, Any] = {}
+    try:
+        for step in range(start, t.steps):
+            batch = train_step.global_batch(next(it), mesh, t.global_batch)
+            state, m = step_fn(state, batch)
+            done = step + 1
+            pending.append((done, m))
+            if step == start:  # the first step compiles: keep it out of tokens/s and MFU
+                drain(timed=False)
+                restart_clock()
+            else:
+                drain(upto=1)
+            stop = preempt.agreed()
+            if ckpt.should_save(done) or done == t.steps or stop:
+                drain()   # never save a state whose loss or gradient is not finite
+                ckpt.save(done, state, ckpt_cfg, {**data_meta, "position": done}, force=True)
+            if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
+                drain()
+                eval_out = run_eval(done)
+                restart_clock()
+            if stop:
+                ckpt.wait()
+                _say(f"SIGTERM: saved {ckpt_dir / str(done)}; exiting (re-run the same command to resume)")
+                writer.close()
+                return {"step": done, "train": last, "eval": eval_out, "preempted": True}
+        drain()
+    finally:
+        ckpt.wait()   # keep every save already started (the last good checkpoint stays on errors)
+    final = int(jax.device_get(state.step))
+    if final == start or not t.eval_every:
+        eval_out = run_eval(final)   # nothing trained this time (already done) or evaluation off: still show text
+    if t.export_params:
+        path = checkpoint.export_params(workdir_p / "export", state.params, cfg.to_dict())
+        _say(f"exported params to {path}")
+    ckpt.close()
+    writer.close()
+    return {"step": final, "train": last, "eval": eval_out, "preempted": False}
+
+
+def _fail(message: str) -> None:
+    print(f"train: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, but a bad flag or --config.* override is a one-line error naming it (exit 1)."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        text = " ".join(str(e).split())
+        if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'":   # KeyError quotes its message
+            text = text[1:-1]
+        culprit = next((a for a in argv[1:] if text and text.split()[0].strip("'\"") in a), None)
+        if isinstance(e, (AttributeError, KeyError)) and culprit:
+            _fail(f"{culprit.split('=')[0]}: no such config field (see experiments/configs/ and docs/training.md)")
+        _fail(text)
+    except Exception as e:  # noqa: BLE001 - the config file is Python: any error while executing it
+        _fail(f"cannot load the --config file: {type(e).__name__}: {e}")
+    return []
+
+
+def _load_config() -> Any:
+    """The config from --config (loaded lazily by config_flags; a missing or broken file surfaces here)."""
+    if flags.FLAGS["config"].value is None and not flags.FLAGS["config"].present:
+        _fail("--config is required (e.g. --config=experiments/configs/tiny_cpu.py)")
+    try:
+        config = _CONFIG.value
+        config.keys()   # config_flags defers load errors to the first attribute access
+        return config
+    except Exception as e:  # noqa: BLE001 - config_flags wraps every load failure in a generic error
+        reason = [ln.strip() for ln in str(e).splitlines() if ln.strip()][-1]
+        _fail(f"cannot load --config={flags.FLAGS['config'].serialize().split('=', 1)[-1]}: {reason}")
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO; --verbosity=0 shows them
+    from mosaic_jax.checkpoint import CheckpointError
+    from mosaic_jax.configs import ConfigError
+    from mosaic_jax.data.errors import DataError
+    config = _load_config()
+    try:
+        summary = train(config, _WORKDIR.value)
+    except (ConfigError, DataError, CheckpointError, FloatingPointError) as e:
+        _fail(str(e))
+    if summary.get("eval", {}).get("sample"):
+        _say("\n=== generated text ===\n" + summary["eval"]["sample"])
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)

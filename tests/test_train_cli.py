@@ -1,0 +1,188 @@
+"""End to end: `python -m mosaic_jax.train` on a tiny prepared TinyStories slice (byte tokenizer), in subprocesses
+on the 8 simulated CPU devices (pure FSDP over 8).
+
+* an uninterrupted run: falling loss, config/metrics/TensorBoard/export files, generated text;
+* SIGTERM saves and exits 0, SIGKILL mid-run, resume twice: final params BITWISE equal to the uninterrupted run;
+* bad input: one-line error naming the field or file, exit 1, nothing in the workdir touched.
+
+Subprocesses share a persistent XLA compilation cache, so only the first run pays for compilation.
+"""
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+STEPS = 16
+MODEL_ARGS = [
+    "--config.model.n_layer=2", "--config.model.n_embd=32", "--config.model.n_head=4",
+    "--config.model.pmem_size=64", "--config.model.block_size=32",
+    "--config.model.ic_dropout=0.1", "--config.model.hd_dropout=0.1",   # dropout on: the rng must resume too
+    f"--config.train.steps={STEPS}", "--config.train.global_batch=8", "--config.train.lr=1e-2",
+    "--config.train.warmup_steps=2", "--config.train.log_every=1", "--config.train.checkpoint_every=4",
+    "--config.train.keep_checkpoints=10", f"--config.train.eval_every={STEPS}", "--config.train.eval_batches=2",
+    "--config.train.sample_tokens=24", "--config.train.sample_prompt=Once upon a time",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, data_dir):
+    """A prepared slice of ../shared/data/tinystories (150 kB train, 30 kB validation), byte tokenizer."""
+    from mosaic_jax.data import pipeline
+    root = tmp_path_factory.mktemp("tiny_data")
+    src = data_dir / "tinystories"
+    (root / "train.txt").write_bytes((src / "train_v1_prefix_a.txt").read_bytes()[:150_000])
+    (root / "valid.txt").write_bytes((src / "valid_v1_prefix.txt").read_bytes()[:30_000])
+    out = root / "prepared"
+    pipeline.prepare([str(root / "train.txt")], str(out), "byte", validation_inputs=[str(root / "valid.txt")],
+                     num_workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def env(tmp_path_factory):
+    e = dict(os.environ)
+    e.update(PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    return e
+
+
+def _cmd(workdir, data, *extra):
+    return [sys.executable, "-m", "mosaic_jax.train", "--config=experiments/configs/tiny_cpu.py",
+            f"--workdir={workdir}", f"--config.data.path={data}", *MODEL_ARGS, *extra]
+
+
+def _run(cmd, env, timeout=300):
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _start_and_signal(cmd, env, ckpt_dir, after_step, sig):
+    """Start a run, send `sig` once a checkpoint at step >= after_step is complete, return (proc, out, err)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        done = [int(p.name) for p in ckpt_dir.glob("*") if p.name.isdigit()] if ckpt_dir.exists() else []
+        if done and max(done) >= after_step:
+            proc.send_signal(sig)
+            break
+        time.sleep(0.02)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode is not None
+    return proc, out, err
+
+
+def _records(workdir, split):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("split") == split]
+
+
+def _exported(workdir):
+    from mosaic_jax import checkpoint
+    _, params = checkpoint.load_exported(workdir / "export")
+    return params
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, tiny_data, env):
+    workdir = tmp_path_factory.mktemp("full") / "run"
+    res = _run(_cmd(workdir, tiny_data), env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return workdir, res
+
+
+@pytest.mark.slow
+def test_uninterrupted_run(full_run, tiny_data):
+    workdir, res = full_run
+    train = _records(workdir, "train")
+    assert [r["step"] for r in train] == list(range(1, STEPS + 1))
+    assert train[-1]["loss"] < train[0]["loss"] - 0.5          # the loss falls
+    assert all(k in train[-1] for k in ("lr", "grad_norm", "tokens_per_s", "mfu", "step_time"))
+    ev = _records(workdir, "eval")
+    assert ev and ev[-1]["step"] == STEPS and ev[-1]["perplexity"] == pytest.approx(np.exp(ev[-1]["loss"]))
+    assert _records(workdir, "text")[-1]["text"].startswith("Once upon a time")
+    assert "=== generated text ===" in res.stdout and "MFU" in res.stdout and "tok/s" in res.stdout
+    cfg = json.loads((workdir / "config.json").read_text())
+    assert cfg["model"]["vocab_size"] == 320 and cfg["train"]["decay_steps"] == STEPS   # resolved fields
+    assert cfg["data"]["path"] == str(tiny_data)
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [4, 8, 12, 16]
+    assert (workdir / "export" / "model_config.json").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_then_sigkill_then_resume_is_bitwise_identical(full_run, tiny_data, env, tmp_path):
+    workdir = tmp_path / "run"
+    ckpt = workdir / "checkpoints"
+    cmd = _cmd(workdir, tiny_data)
+
+    proc, out, err = _start_and_signal(cmd, env, ckpt, 4, signal.SIGTERM)   # preemption: save and exit 0
+    assert proc.returncode == 0, err[-3000:]
+    assert "SIGTERM: saved" in out
+    stopped = max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+    assert 4 < stopped < STEPS or stopped == 4 and "SIGTERM" in out
+
+    proc, out, err = _start_and_signal(cmd, env, ckpt, stopped + 4, signal.SIGKILL)   # a hard kill mid-run
+    assert proc.returncode == -signal.SIGKILL, (out[-2000:], err[-2000:])
+    assert f"resumed from {ckpt / str(stopped)}" in out
+    assert not (workdir / "export").exists()   # it really died before the end
+
+    res = _run(cmd, env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resumed from" in res.stdout
+    full_params, resumed_params = _exported(full_run[0]), _exported(workdir)
+    import jax
+    for a, b in zip(jax.tree.leaves(full_params), jax.tree.leaves(resumed_params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # the replayed steps log the same losses as the uninterrupted run
+    full = {r["step"]: r["loss"] for r in _records(full_run[0], "train")}
+    resumed = {r["step"]: r["loss"] for r in _records(workdir, "train")}
+    assert resumed == full
+
+
+def _snapshot(workdir):
+    return {str(p.relative_to(workdir)): (p.stat().st_mtime_ns, p.stat().st_size)
+            for p in workdir.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra,expect", [
+    (["--config.train.steps=0"], "train.steps=0"),
+    (["--config.train.no_such_field=1"], "--config.train.no_such_field"),
+    (["--config.model.n_head=5"], "model.n_embd=32 is not divisible by n_head=5"),
+    (["--config.data.path=/nonexistent/prepared"], "/nonexistent/prepared"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(full_run, tiny_data, env, tmp_path, extra, expect):
+    workdir = tmp_path / "run"
+    shutil.copytree(full_run[0], workdir)
+    before = _snapshot(workdir)
+    res = _run(_cmd(workdir, tiny_data, *extra), env)
+    assert res.returncode == 1
+    err_lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(err_lines) == 1 and err_lines[0].startswith("train: error:") and expect in err_lines[0], res.stderr
+    assert _snapshot(workdir) == before
+
+
+@pytest.mark.slow
+def test_resume_with_another_tokenizer_is_refused(full_run, tiny_data, env, tmp_path):
+    """The same text prepared with another tokenizer (sentencepiece) must not resume a byte-level run."""
+    from mosaic_jax.data import pipeline
+    other = tmp_path / "sp_prepared"
+    src = pathlib.Path(tiny_data).parent
+    pipeline.prepare([str(src / "train.txt")], str(other), "sp:512", validation_inputs=[str(src / "valid.txt")],
+                     num_workers=1, progress=False)
+    workdir = tmp_path / "run"
+    shutil.copytree(full_run[0], workdir)
+    before = _snapshot(workdir)
+    res = _run(_cmd(workdir, other), env)
+    assert res.returncode == 1
+    assert "tokenizer hash" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert _snapshot(workdir) == before
