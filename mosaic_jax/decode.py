@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from typing import Any, Optional
 
 import jax
@@ -49,6 +50,8 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> Cache:
     """Zero caches for `batch` rows and up to `max_len` positions (the prompt included)."""
     L, H, D, C = cfg.n_layer, cfg.n_head, cfg.head_dim, cfg.n_embd
     dt = jnp.dtype(cfg.dtype)
+    if cfg.arch not in ("mosaic", "gpt2"):
+        raise NotImplementedError(f"decode.py handles arch 'mosaic' and 'gpt2', not {cfg.arch!r} (see decode_for)")
     if cfg.arch == "gpt2" and max_len > cfg.block_size:
         raise ValueError(f"GPT-2 baseline: max_len {max_len} exceeds block_size {cfg.block_size} (learned "
                          "positions); use the sliding-window recompute past the window")
@@ -301,6 +304,14 @@ def step(cfg: ModelConfig, params: Params, cache: Cache, tokens_B: Array, *, rea
 
 prefill_jit = jax.jit(prefill, static_argnames=("cfg", "all_logits"), donate_argnames=("cache",))
 step_jit = jax.jit(step, static_argnames=("cfg", "read_len"), donate_argnames=("cache",))
+
+
+def decode_for(cfg: ModelConfig) -> Any:
+    """The decoder module for cfg.arch: this one, or decode_v2 (same interface, no read_len) for v2."""
+    if cfg.arch == "mosaic_v2":
+        from mosaic_jax import decode_v2
+        return decode_v2
+    return sys.modules[__name__]
 
 
 def read_bucket(max_pos: int, cache_size: int, minimum: int = 64) -> int:
