@@ -12,7 +12,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from mosaic_jax import model, sharding
 from mosaic_jax.config import ModelConfig
@@ -64,13 +64,5 @@ def create_sharded_state(cfg: ModelConfig, tx: optax.GradientTransformation, see
     return init()
 
 
-def param_shardings_of(shardings: TrainState) -> Params:
-    return shardings.params
-
-
 def count_params(state: TrainState) -> int:
     return int(sum(x.size for x in jax.tree.leaves(state.params)))
-
-
-def is_replicated(s: NamedSharding) -> bool:
-    return all(p is None for p in s.spec)

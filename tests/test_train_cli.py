@@ -33,6 +33,83 @@ MODEL_ARGS = [
 ]
 
 
+# ---- fast unit tests: config resolution, metric sinks, the NaN guard ---------------------------------------
+def test_resolve_fills_derived_fields_and_names_bad_ones():
+    from mosaic_jax import configs
+    c = configs.base_config()
+    c.data.path = "somewhere"
+    c.model.update(n_layer=2, n_embd=32, n_head=4, block_size=64)
+    c.train.update(steps=50, global_batch=8)
+    rc = configs.resolve(c, data_vocab_size=260, data_parallel=4)
+    assert rc.model.vocab_size == 320 and rc.cfg.data.seq_len == 64
+    assert rc.cfg.train.decay_steps == 50 and rc.optim.decay_steps == 50 and rc.cfg.train.eval_batch_size == 8
+    assert c.model.vocab_size == 0   # the caller's config is not modified
+    bad = [({"train.microbatches": 3}, "train.microbatches=3"), ({"train.global_batch": 6}, "train.global_batch=6"),
+           ({"model.vocab_size": 100}, "model.vocab_size=100"), ({"data.path": ""}, "data.path"),
+           ({"model.leaky_impl": "fast"}, "model.leaky_impl"), ({"train.lr": -1.0}, "train.lr")]
+    for change, msg in bad:
+        (section, field), value = next(iter(change.items()))[0].split("."), next(iter(change.values()))
+        c2 = configs.base_config()
+        c2.data.path = "somewhere"
+        c2[section][field] = value
+        with pytest.raises(configs.ConfigError, match=msg.replace(".", r"\.")):
+            configs.resolve(c2, data_vocab_size=260, data_parallel=4)
+
+
+def _load_preset(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / "configs" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config()
+
+
+def test_presets_resolve():
+    """tiny_cpu resolves; the BabiStories presets carry the paper's recipe (spec §4.1) and equal FLOPs."""
+    from mosaic_jax import configs, flops
+    configs.resolve(_load_preset("tiny_cpu"), data_vocab_size=4096)
+    mm, gpt = (configs.resolve(_load_preset(n), data_vocab_size=50257, data_parallel=8)
+               for n in ("babistories_mm", "babistories_gpt2"))
+    m, t = mm.model, mm.cfg.train
+    assert (m.n_layer, m.n_embd, m.n_head, m.pmem_size, m.block_size, m.vocab_size) == (12, 768, 12, 2688, 512, 50304)
+    assert (t.global_batch, t.lr, t.min_lr, t.warmup_steps, t.decay_steps, t.steps) == (512, 5e-3, 1e-4, 2000,
+                                                                                        80_000, 80_000)
+    assert (t.weight_decay, t.grad_clip, t.b1, t.b2, m.ic_dropout, m.hd_dropout) == (0.1, 1.0, 0.9, 0.95, 0.05, 0.05)
+    assert m.arch == "mosaic" and gpt.model.arch == "gpt2" and gpt.cfg.train.to_dict() == t.to_dict()
+    assert flops.forward_flops_per_token(m, 512) == flops.forward_flops_per_token(gpt.model, 512)
+
+
+def test_metric_writer_jsonl_and_tensorboard(tmp_path):
+    from mosaic_jax import metrics
+    w = metrics.MetricWriter(tmp_path, enabled=True)
+    w.write_scalars(3, {"loss": 2.5, "mfu": None, "grad_norm": float("nan")})
+    w.write_text(3, "sample", "Once upon a time")
+    w.close()
+    recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert recs[0]["step"] == 3 and recs[0]["loss"] == 2.5 and recs[0]["grad_norm"] == "nan" and "mfu" not in recs[0]
+    assert recs[1]["text"] == "Once upon a time"
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert metrics.MetricWriter(tmp_path / "other", enabled=False).enabled is False
+    assert not (tmp_path / "other").exists()   # non-zero processes write nothing
+
+
+def test_nan_guard_names_the_step():
+    from mosaic_jax import metrics
+    metrics.check_finite(5, {"loss": 1.0, "grad_norm": 2.0})
+    with pytest.raises(FloatingPointError, match="loss is nan at step 7"):
+        metrics.check_finite(7, {"loss": float("nan")})
+    with pytest.raises(FloatingPointError, match="grad_norm is inf at step 9"):
+        metrics.check_finite(9, {"loss": 1.0, "grad_norm": float("inf")})
+
+
+def test_console_line():
+    from mosaic_jax import metrics
+    line = metrics.console_line(120, 2000, {"loss": 2.34567, "lr": 1.2e-3, "tokens_per_s": 12345.0, "mfu": 0.123,
+                                            "step_time": 0.081})
+    assert line == "step 120/2000 | loss 2.3457 | lr 1.20e-03 | 12,345 tok/s | MFU 12.3% | 0.081 s/step | ETA 2m32s"
+
+
+# ---- end to end -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory, data_dir):
     """A prepared slice of ../shared/data/tinystories (150 kB train, 30 kB validation), byte tokenizer."""
@@ -186,3 +263,18 @@ def test_resume_with_another_tokenizer_is_refused(full_run, tiny_data, env, tmp_
     assert res.returncode == 1
     assert "tokenizer hash" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert _snapshot(workdir) == before
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_with_the_step_and_keeps_good_checkpoints(tiny_data, env, tmp_path):
+    """An absurd learning rate blows the params up at step 1; the loss of step 2 is NaN/Inf."""
+    workdir = tmp_path / "run"
+    res = _run(_cmd(workdir, tiny_data, "--config.train.lr=1e30", "--config.train.warmup_steps=0",
+                    "--config.train.checkpoint_every=1"), env)
+    assert res.returncode == 1
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("train: error:") and " at step " in line and ("nan" in line or "inf" in line), res.stderr
+    bad_step = int(line.split(" at step ")[1].split(";")[0])
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and max(saved) < bad_step
+    assert not (workdir / "export").exists()
