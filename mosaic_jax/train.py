@@ -14,10 +14,12 @@ import pathlib
 import signal
 import sys
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from mosaic_jax import distributed   # defines --coordinator_address, --num_processes, --process_id, ...
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, TensorBoard, config.json.")
@@ -78,6 +80,13 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     pi, pc = jax.process_index(), jax.process_count()
     rc = configs.resolve(config, ds.vocab_size, sharding.data_parallel_size(mesh), pc)
     cfg, t, d = rc.model, rc.cfg.train, rc.cfg.data
+    try:   # every process must feed its devices from its own rows (loader.process_batch_at)
+        layouts = {distributed.check_batch_layout(mesh, rows) for rows in (t.global_batch, t.eval_batch_size)}
+    except distributed.DistributedError as e:
+        raise configs.ConfigError(str(e)) from None
+    if "permuted" in layouts:
+        _say(f"note: {distributed.mesh_summary(mesh)} interleaves processes along the batch; each process "
+             "still feeds only its own rows (same rows per step, another order within the batch)")
     try:
         val = store.open_prepared(d.path, "validation") if t.eval_every else None
     except DataError:
@@ -193,7 +202,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
             if ckpt.should_save(done) or done == t.steps or stop:
                 drain()   # never save a state whose loss or gradient is not finite
                 ckpt.save(done, state, ckpt_cfg, {**data_meta, "position": done}, force=True)
-            if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
+            if t.eval_every and (done % t.eval_every == 0 or done == t.steps) and not stop:  # preempted: hurry
                 drain()
                 eval_out = run_eval(done)
                 restart_clock()
@@ -260,6 +269,10 @@ def main(argv: Sequence[str]) -> None:
     from mosaic_jax.configs import ConfigError
     from mosaic_jax.data.errors import DataError
     config = _load_config()
+    try:
+        distributed.maybe_initialize()   # before any device is touched; no-op for a single process
+    except distributed.DistributedError as e:
+        _fail(str(e))
     try:
         summary = train(config, _WORKDIR.value)
     except (ConfigError, DataError, CheckpointError, FloatingPointError) as e:
