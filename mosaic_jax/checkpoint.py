@@ -106,6 +106,10 @@ def check_data_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], 
     if old and new and old != new:
         raise CheckpointError(f"cannot resume from {directory}: its tokenizer hash {old} differs from the data's "
                               f"{new} (data.path={current.get('path')}); use a new --workdir")
+    changed = [f"{k} {saved[k]!r} -> {current[k]!r}" for k in ("path", "seed", "global_batch", "seq_len")
+               if k in saved and k in current and saved[k] != current[k]]
+    if changed:   # legal (e.g. a larger batch to finish a run), but the batches differ from an uninterrupted run
+        log.warning("resuming %s with different data settings: %s", directory, "; ".join(changed))
 
 
 def export_params(directory: str | pathlib.Path, params: Any, model_config: Mapping[str, Any]) -> pathlib.Path:
