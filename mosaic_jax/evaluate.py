@@ -1,0 +1,190 @@
+"""Score a trained run on a text corpus: loss, perplexity and the average loss per position in the window.
+
+    python -m mosaic_jax.evaluate --workdir=runs/tiny_cpu --input=../shared/data/tinystories/valid_v1_prefix.txt \
+        [--window=0 (block_size)] [--batch_size=8] [--max_windows=0] [--out=WORKDIR/eval]
+        [--attention_text="Once upon a time" --attention_layer=0 --attention_head=-1]
+
+The corpus (files joined by EOS) is cut into consecutive, non-overlapping windows of `window`+1 tokens; position
+t of a window predicts its token t+1 from tokens 0..t, so position 0 has no context (the paper's Fig. 8 curve).
+A window longer than block_size is allowed for the memory mosaic (no position encoding; the per-position curve
+then shows what happens past the training window). Writes `eval.json`, `per_position_loss.csv` and
+`per_position_loss.png`; with --attention_text, `attention_L{l}_H{h}.png` (head -1: all heads of the layer).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import pathlib
+import sys
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from mosaic_jax.config import ModelConfig
+
+
+def corpus_windows(ids: Sequence[int], window: int) -> np.ndarray:
+    """(N, window+1) consecutive windows; the last one shares its first token with the previous one's last."""
+    ids = np.asarray(ids, np.int32)
+    n = (len(ids) - 1) // window
+    if n < 1:
+        raise ValueError(f"the input has {len(ids)} tokens: fewer than one window of {window}+1")
+    idx = np.arange(n)[:, None] * window + np.arange(window + 1)[None]
+    return ids[idx]
+
+
+def score_windows(cfg: ModelConfig, params: Any, windows_NT1: np.ndarray, batch_size: int) -> np.ndarray:
+    """Per-token losses (N, T) in fixed-shape batches (the last one padded, so one compile)."""
+    import jax.numpy as jnp
+
+    from mosaic_jax.analysis import token_losses
+
+    N = len(windows_NT1)
+    out = []
+    for s in range(0, N, batch_size):
+        chunk = windows_NT1[s:s + batch_size]
+        pad = batch_size - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+        out.append(np.asarray(token_losses(cfg, params, jnp.asarray(chunk)))[:batch_size - pad])
+    return np.concatenate(out)
+
+
+def summarize(losses_NT: np.ndarray) -> dict[str, Any]:
+    loss = float(losses_NT.mean())
+    return {"loss": loss, "perplexity": math.exp(min(loss, 80.0)), "tokens_scored": int(losses_NT.size),
+            "windows": int(losses_NT.shape[0]), "window": int(losses_NT.shape[1]),
+            "per_position_loss": [float(x) for x in losses_NT.mean(axis=0)]}
+
+
+def write_outputs(out_dir: pathlib.Path, summary: dict[str, Any], block_size: int, title: str) -> list[pathlib.Path]:
+    """eval.json, per_position_loss.csv and per_position_loss.png."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "eval.json", out_dir / "per_position_loss.csv", out_dir / "per_position_loss.png"]
+    paths[0].write_text(json.dumps(summary, indent=1) + "\n")
+    curve = summary["per_position_loss"]
+    with open(paths[1], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["position", "mean_loss", "windows"])
+        w.writerows([t, f"{x:.6f}", summary["windows"]] for t, x in enumerate(curve))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(np.arange(len(curve)), curve, lw=1.2)
+    if len(curve) > block_size:
+        ax.axvline(block_size, color="gray", ls="--", lw=0.8, label=f"training window ({block_size})")
+        ax.legend()
+    ax.set_xlabel("position in the window (tokens of context)")
+    ax.set_ylabel("mean loss (nats)")
+    ax.set_title(f"{title}: loss {summary['loss']:.3f}, ppl {summary['perplexity']:.1f}", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(paths[2], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def plot_attention(maps_HTT: np.ndarray, heads: Sequence[int], labels: Sequence[str], layer: int,
+                   path: pathlib.Path, arch: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(heads)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    T = maps_HTT.shape[-1]
+    size = max(3.0, min(12.0, 0.18 * T))
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    what = "C-mem read weights" if arch == "mosaic" else "attention"
+    for ax, h in zip(axes.flat, heads):
+        ax.imshow(maps_HTT[h], cmap="viridis", vmin=0.0, interpolation="nearest")
+        ax.set_title(f"layer {layer} head {h} ({what})", fontsize=9)
+        if T <= 64:
+            ax.set_xticks(range(T), labels, rotation=90, fontsize=6)
+            ax.set_yticks(range(T), labels, fontsize=6)
+        ax.set_xlabel("memory position j")
+        ax.set_ylabel("query position t")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _token_labels(tok: Any, ids: Sequence[int]) -> list[str]:
+    return [repr(tok.decode([i]))[1:-1] or f"<{i}>" for i in ids]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mosaic_jax.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--input", default="", help="comma-separated text files to score")
+    p.add_argument("--window", type=int, default=0, help="tokens of context per window (0: block_size)")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--max_windows", type=int, default=0, help="score at most this many windows (0: all)")
+    p.add_argument("--out", default="", help="output folder (default: WORKDIR/eval)")
+    p.add_argument("--attention_text", default="", help="plot attention maps over this text")
+    p.add_argument("--attention_layer", type=int, default=0)
+    p.add_argument("--attention_head", type=int, default=-1, help="-1: every head of the layer")
+    p.add_argument("--step", type=int, default=None)
+    p.add_argument("--tokenizer", default=None)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from mosaic_jax.generate import InferenceLoadError, load_for_inference
+
+    if not args.input and not args.attention_text:
+        print("error: give --input (scoring) and/or --attention_text (attention maps)", file=sys.stderr)
+        return 1
+    try:
+        cfg, params, tok = load_for_inference(args.workdir, args.step, args.tokenizer)
+        window = args.window or cfg.block_size
+        if cfg.arch == "gpt2" and window > cfg.block_size:
+            raise ValueError(f"--window={window} exceeds the GPT-2 block_size {cfg.block_size} (learned positions)")
+        out_dir = pathlib.Path(args.out or pathlib.Path(args.workdir) / "eval")
+        if args.input:
+            ids: list[int] = []
+            for f in args.input.split(","):
+                try:
+                    ids += tok.encode(pathlib.Path(f).read_text(encoding="utf-8")) + [tok.eos_id]
+                except OSError as e:
+                    raise ValueError(f"--input: {f}: {e.strerror}") from None
+            windows = corpus_windows(ids, window)
+            if args.max_windows:
+                windows = windows[:args.max_windows]
+            summary = summarize(score_windows(cfg, params, windows, args.batch_size))
+            summary.update(workdir=str(args.workdir), input=args.input, arch=cfg.arch, block_size=cfg.block_size)
+            for path in write_outputs(out_dir, summary, cfg.block_size, f"{cfg.arch} on {len(windows)} windows"):
+                print(f"wrote {path}")
+            print(f"loss {summary['loss']:.4f} | perplexity {summary['perplexity']:.2f} | "
+                  f"{summary['tokens_scored']:,} tokens in {summary['windows']} windows of {window}")
+        if args.attention_text:
+            from mosaic_jax.analysis import attention_maps
+            ids = [tok.eos_id] + tok.encode(args.attention_text)
+            layer = args.attention_layer
+            heads = range(cfg.n_head) if args.attention_head < 0 else [args.attention_head]
+            if not 0 <= layer < cfg.n_layer or any(not 0 <= h < cfg.n_head for h in heads):
+                raise ValueError(f"--attention_layer/--attention_head out of range ({cfg.n_layer} layers, "
+                                 f"{cfg.n_head} heads)")
+            if cfg.arch == "gpt2" and len(ids) > cfg.block_size:
+                raise ValueError(f"--attention_text has {len(ids)} tokens > GPT-2 block_size {cfg.block_size}")
+            maps = np.asarray(attention_maps(cfg, params, np.asarray([ids], np.int32)))[layer, 0]
+            out_dir.mkdir(parents=True, exist_ok=True)
+            name = f"attention_L{layer}_H{'all' if args.attention_head < 0 else args.attention_head}.png"
+            plot_attention(maps, list(heads), _token_labels(tok, ids), layer, out_dir / name, cfg.arch)
+            print(f"wrote {out_dir / name}")
+    except (InferenceLoadError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

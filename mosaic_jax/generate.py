@@ -1,0 +1,209 @@
+"""Generate text from a trained run, streaming it as it is produced.
+
+    python -m mosaic_jax.generate --workdir=runs/tiny_cpu --prompt="Once upon a time" \
+        [--max_new_tokens=200] [--temperature=0.8] [--top_k=0] [--top_p=1.0] [--seed=0] [--greedy]
+        [--past_window=continue|recompute] [--num_samples=1] [--step=N] [--tokenizer=SPEC] [--no_eos_prefix]
+
+`load_for_inference(workdir)` reads what `python -m mosaic_jax.train` writes: the newest finalised
+`checkpoints/<step>/` (params only, restored onto one device; its `config` item gives the ModelConfig and its
+`data` item the tokenizer's data folder and hash), or else `export/` (params + model_config.json) with the data
+path from `config.json`. The tokenizer is loaded from the prepared-data folder the run trained on (or `--tokenizer`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from typing import Any, Optional, Sequence
+
+from mosaic_jax.config import ModelConfig
+
+
+class InferenceLoadError(RuntimeError):
+    """The workdir holds nothing loadable, or its tokenizer cannot be found (one-line message)."""
+
+
+def _checkpoint_steps(ckpt_dir: pathlib.Path) -> list[int]:
+    # Orbax renames a step folder into place only once it is complete: numeric names are finalised steps
+    # (in-progress saves carry a tmp suffix, set-aside broken ones a `.broken-<time>` suffix).
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit() and (p / "state").is_dir())
+
+
+def _read_json(path: pathlib.Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InferenceLoadError(f"{path}: cannot read JSON ({e})") from None
+
+
+def _model_config(d: dict[str, Any]) -> ModelConfig:
+    return ModelConfig.from_dict(d.get("model", d))   # a full run config or a bare model config
+
+
+def _restore_params(path: pathlib.Path, cfg: ModelConfig, in_state: bool) -> Any:
+    """Params onto the default device; from a TrainState item only its `params` subtree is read."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    from mosaic_jax.model import init_params
+
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
+    if in_state:
+        target = {"params": target}
+    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), target)
+    try:
+        out = ocp.PyTreeCheckpointer().restore(
+            path, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=in_state))
+    except Exception as e:  # noqa: BLE001 - any failure means this checkpoint does not hold these params
+        raise InferenceLoadError(f"{path}: cannot restore params ({type(e).__name__}: "
+                                 f"{' '.join(str(e).split())[:200]})") from None
+    return out["params"] if in_state else out
+
+
+def load_for_inference(workdir: str, step: Optional[int] = None, tokenizer: Optional[str] = None
+                       ) -> tuple[ModelConfig, Any, Any]:
+    """(ModelConfig, params, tokenizer) from a training workdir (see the module docstring)."""
+    from mosaic_jax.data.tokenizers import load_tokenizer
+
+    wd = pathlib.Path(workdir)
+    if not wd.is_dir():
+        raise InferenceLoadError(f"--workdir={workdir}: no such folder")
+    steps = _checkpoint_steps(wd / "checkpoints")
+    export = wd / "export"
+    data_meta: dict[str, Any] = {}
+    if step is not None and step not in steps:
+        raise InferenceLoadError(f"{wd / 'checkpoints'}: no finalised step {step} (have {steps})")
+    if steps:
+        s = steps[-1] if step is None else step
+        item = wd / "checkpoints" / str(s)
+        cfg = _model_config(_read_json(item / "config" / "metadata"))
+        data_meta = _read_json(item / "data" / "metadata") if (item / "data" / "metadata").is_file() else {}
+        params = _restore_params(item / "state", cfg, in_state=True)
+    elif (export / "model_config.json").is_file():
+        cfg = _model_config(_read_json(export / "model_config.json"))
+        params = _restore_params(export / "params", cfg, in_state=False)
+    else:
+        raise InferenceLoadError(f"{wd}: no checkpoints/<step>/ and no export/ (train with python -m mosaic_jax.train)")
+    if tokenizer is None:
+        run_cfg = _read_json(wd / "config.json") if (wd / "config.json").is_file() else {}
+        tokenizer = data_meta.get("path") or run_cfg.get("data", {}).get("path")
+        if not tokenizer:
+            raise InferenceLoadError(f"{wd}: cannot tell which tokenizer the run used; pass --tokenizer=SPEC")
+        if not pathlib.Path(tokenizer).exists() and tokenizer not in ("byte", "gpt2"):
+            raise InferenceLoadError(f"the run's data folder {tokenizer} is gone; pass --tokenizer=SPEC "
+                                     "(its prepared-data folder or sentencepiece .model)")
+    try:
+        tok = load_tokenizer(tokenizer)
+    except ValueError as e:   # DataError
+        raise InferenceLoadError(str(e)) from None
+    want = data_meta.get("tokenizer_hash")
+    if want and tok.hash != want:
+        raise InferenceLoadError(f"tokenizer {tokenizer} (hash {tok.hash[:12]}) is not the one the checkpoint was "
+                                 f"trained with (hash {want[:12]})")
+    return cfg, params, tok
+
+
+class TextStream:
+    """Incremental detokenisation: prints only text that no later token can change."""
+
+    def __init__(self, tok: Any, prefix_ids: Sequence[int], out: Any = None) -> None:
+        self.tok, self.ids, self.out = tok, list(prefix_ids), out or sys.stdout
+        self.printed = tok.decode(self.ids)
+
+    def push(self, token: int) -> None:
+        self.ids.append(int(token))
+        self._emit(final=False)
+
+    def _emit(self, final: bool) -> None:
+        text = self.tok.decode(self.ids)
+        # Hold back a trailing partial UTF-8 sequence (byte/BPE tokens can split a character).
+        if text.startswith(self.printed) and (final or not text.endswith("\ufffd")):
+            self.out.write(text[len(self.printed):])
+            self.out.flush()
+            self.printed = text
+
+    def close(self) -> None:
+        self._emit(final=True)
+        self.out.write("\n")
+        self.out.flush()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mosaic_jax.generate", description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", required=True, help="training run folder (checkpoints/ or export/)")
+    p.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
+    p.add_argument("--max_new_tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top_k", type=int, default=0, help="0: off")
+    p.add_argument("--top_p", type=float, default=1.0, help="1: off")
+    p.add_argument("--greedy", action="store_true", help="argmax decoding (= --temperature=0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num_samples", type=int, default=1, help="samples drawn in one batch (streamed when 1)")
+    p.add_argument("--past_window", choices=("continue", "recompute"), default="continue",
+                   help="past block_size: keep decoding incrementally (mosaic) or recompute the last block_size "
+                        "tokens for each new one (the reference)")
+    p.add_argument("--max_len", type=int, default=0, help="decoder cache size (0: prompt + max_new_tokens)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer spec, if the run's data folder moved")
+    p.add_argument("--no_eos_prefix", action="store_true",
+                   help="do not put EOS before the prompt (training data is `doc EOS doc EOS ...`, so a prompt "
+                        "that starts a document follows an EOS)")
+    p.add_argument("--no_stream", action="store_true", help="print the text only at the end")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from mosaic_jax import sampling
+
+    try:
+        cfg, params, tok = load_for_inference(args.workdir, args.step, args.tokenizer)
+        sc = sampling.SamplingConfig(temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k,
+                                     top_p=args.top_p)
+    except (InferenceLoadError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    ids = ([] if args.no_eos_prefix else [tok.eos_id]) + tok.encode(args.prompt)
+    if not ids:
+        print("error: empty prompt with --no_eos_prefix: nothing to condition on", file=sys.stderr)
+        return 1
+    n = max(args.num_samples, 1)
+    stream = n == 1 and not args.no_stream
+    streams = [TextStream(tok, ids, sys.stdout if stream else _Sink()) for _ in range(n)]
+    if stream:
+        sys.stdout.write(streams[0].printed)
+        sys.stdout.flush()
+    try:
+        for out in sampling.generate_stream(cfg, params, [ids] * n, max_new_tokens=args.max_new_tokens,
+                                            sampling=sc, seed=args.seed, eos_id=tok.eos_id,
+                                            past_window=args.past_window, max_len=args.max_len or None,
+                                            vocab_limit=tok.vocab_size):
+            for s, t in zip(streams, out.tokens):
+                if t >= 0 and t != tok.eos_id:
+                    s.push(int(t))
+    except ValueError as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 1
+    if stream:
+        streams[0].close()
+    else:
+        for i, s in enumerate(streams):
+            print(f"=== sample {i} ===\n{tok.decode(s.ids)}")
+    return 0
+
+
+class _Sink:
+    def write(self, _: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
