@@ -285,8 +285,8 @@ def step(cfg: ModelConfig, params: Params, cache: Cache, tokens_B: Array, *, rea
          ) -> tuple[Array, Cache]:
     """Feed one token per row at position cache['pos'][b]; returns the next-token logits (B,V) and the cache.
 
-    `read_len` (static) bounds the slots read by attention; it must exceed max(pos). Smaller reads make early
-    steps cheaper (the generation loop buckets it by powers of two); None reads the whole cache.
+    `read_len` (static) bounds the slots read: at least max(pos) for the mosaic, max(pos)+1 for GPT-2 (see
+    `read_len_for`; the generation loop buckets it by powers of two so early steps are cheap). None: all.
     """
     S = cache_len(cache)
     read_len = S if read_len is None else min(read_len, S)
@@ -314,12 +314,18 @@ def decode_for(cfg: ModelConfig) -> Any:
     return sys.modules[__name__]
 
 
-def read_bucket(max_pos: int, cache_size: int, minimum: int = 64) -> int:
-    """Smallest power of two (≥ minimum) above max_pos, capped at the cache size: few compiled step variants."""
+def read_bucket(needed: int, cache_size: int, minimum: int = 64) -> int:
+    """Smallest power of two (≥ minimum) holding `needed` slots, capped at the cache size: few compiled steps."""
     n = minimum
-    while n <= max_pos:
+    while n < needed:
         n *= 2
     return min(n, cache_size)
+
+
+def read_len_for(cfg: ModelConfig, max_pos: int, cache_size: int, minimum: int = 64) -> int:
+    """The `read_len` for a step whose rows sit at positions ≤ max_pos: the mosaic reads slots j ≤ t−1, GPT-2
+    reads j ≤ t (its own key included)."""
+    return read_bucket(max_pos + (cfg.arch == "gpt2"), cache_size, minimum)
 
 
 # ---------------------------------------------------------------------------------------------------------------

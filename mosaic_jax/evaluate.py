@@ -74,10 +74,14 @@ def write_outputs(out_dir: pathlib.Path, summary: dict[str, Any], block_size: in
         w.writerow(["position", "mean_loss", "windows"])
         w.writerows([t, f"{x:.6f}", summary["windows"]] for t, x in enumerate(curve))
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(np.arange(len(curve)), curve, lw=1.2)
+    ax.plot(np.arange(len(curve)), curve, lw=0.8, alpha=0.5, label="mean over windows")
+    k = max(len(curve) // 32, 1)
+    if k > 1:   # a running mean makes the trend readable when few windows were scored
+        smooth = np.convolve(curve, np.ones(k) / k, mode="valid")
+        ax.plot(np.arange(len(smooth)) + (k - 1) / 2, smooth, lw=1.6, label=f"running mean over {k} positions")
     if len(curve) > block_size:
         ax.axvline(block_size, color="gray", ls="--", lw=0.8, label=f"training window ({block_size})")
-        ax.legend()
+    ax.legend(fontsize=8)
     ax.set_xlabel("position in the window (tokens of context)")
     ax.set_ylabel("mean loss (nats)")
     ax.set_title(f"{title}: loss {summary['loss']:.3f}, ppl {summary['perplexity']:.1f}", fontsize=9)

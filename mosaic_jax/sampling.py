@@ -141,7 +141,7 @@ def generate_stream(cfg: ModelConfig, params: Any, prompts: Sequence[Sequence[in
                     use_cache = False
                     continue
                 raise ValueError(f"decoder cache of {S} positions is full")
-            extra = {"read_len": decode.read_bucket(max_pos, S)} if dec is decode else {}
+            extra = {"read_len": decode.read_len_for(cfg, max_pos, S)} if dec is decode else {}
             logits, cache = dec.step_jit(cfg, params, cache, jnp.asarray(new), **extra)
 
 
