@@ -4,9 +4,11 @@ against 1 process x 8 devices, step by step, then a 1-process resume of the 2-pr
 """
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -181,18 +183,36 @@ def _one_process(workdir, data, steps, env):
     return res
 
 
+def _preempted_two_process_run(cmd, env, log_dir):
+    """Start the 2-process run and SIGTERM the launcher (which forwards it to both processes) as soon as process 0
+    reports its state, i.e. while the first step compiles: both must stop after step 1, checkpoint it, exit 0."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = log_dir / "process_0.log"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and " params | mesh " in log.read_text(errors="replace"):
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=600)
+    return proc.returncode, out, err
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, mp_data, mp_env):
     root = tmp_path_factory.mktemp("mp_runs")
     single, multi = root / "single_1x8", root / "multi_2x4"
     _one_process(single, mp_data, S2, mp_env)
-    cmd = ["bash", "launch/local_multiprocess.sh", "-n", "2", "-d", "4", "-l", str(root / "logs"), "--",
-           *TRAIN_ARGS, f"--config.data.path={mp_data}", f"--config.train.steps={S1}", f"--workdir={multi}"]
-    res = subprocess.run(cmd, cwd=REPO, env=mp_env, capture_output=True, text=True, timeout=600)
+    launcher = ["bash", "launch/local_multiprocess.sh", "-n", "2", "-d", "4", "-l", str(root / "logs"), "--",
+                *TRAIN_ARGS, f"--config.data.path={mp_data}", f"--config.train.steps={S1}", f"--workdir={multi}"]
+    rc, out, err = _preempted_two_process_run(launcher, mp_env, root / "logs")
+    assert rc == 0, out[-3000:] + err[-3000:]
+    preempted = (out, sorted(int(p.name) for p in (multi / "checkpoints").iterdir() if p.name.isdigit()))
+    res = subprocess.run(launcher, cwd=REPO, env=mp_env, capture_output=True, text=True, timeout=600)  # 2-process resume
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     multi_records = _train_records(multi)
     resumed = _one_process(multi, mp_data, S2, mp_env)   # the 2-process checkpoint, continued by one process
-    return single, multi, multi_records, res, resumed
+    return single, multi, multi_records, res, resumed, preempted
 
 
 def _max_diff(a, b, steps, key):
@@ -201,13 +221,14 @@ def _max_diff(a, b, steps, key):
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_step_by_step(runs):
-    single, _, multi_records, res, _ = runs
+    single, _, multi_records, res, _, _ = runs
     ref = _train_records(single)
     steps = range(1, S1 + 1)
     assert sorted(multi_records) == list(steps)
     assert _max_diff(ref, multi_records, steps, "loss") <= TOL
     assert _max_diff(ref, multi_records, steps, "grad_norm") <= TOL
     assert "mesh {'data': 1, 'fsdp': 8, 'tensor': 1} on 8 cpu device(s)" in res.stdout
+    assert "(step 1)" in res.stdout                 # the second 2-process run resumed the preempted one
     assert "2 processes x 4 CPU devices" in res.stderr
     print(f"2x4 vs 1x8, steps 1..{S1}: max |loss diff| {_max_diff(ref, multi_records, steps, 'loss'):.3g}")
 
@@ -215,7 +236,7 @@ def test_two_processes_match_one_process_step_by_step(runs):
 @pytest.mark.slow
 def test_two_process_checkpoint_resumes_in_one_process(runs):
     from mosaic_jax import checkpoint
-    single, multi, _, _, resumed = runs
+    single, multi, _, _, resumed, _ = runs
     assert f"resumed from {multi / 'checkpoints' / str(S1)} (step {S1})" in resumed.stdout
     ref, cont = _train_records(single), _train_records(multi)
     steps = range(S1 + 1, S2 + 1)
@@ -228,3 +249,10 @@ def test_two_process_checkpoint_resumes_in_one_process(runs):
     assert max(diffs) <= TOL
     print(f"resume S1={S1}->S2={S2}: max |loss diff| {_max_diff(ref, cont, steps, 'loss'):.3g}, "
           f"max |param diff| {max(diffs):.3g}")
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_every_process_at_the_same_step(runs):
+    """SIGTERM to the launcher while step 1 compiles: both processes agree to stop after step 1 and save it."""
+    out, steps = runs[-1]
+    assert "SIGTERM: saved" in out and steps == [1], out[-2000:]
