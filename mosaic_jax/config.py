@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal, Mapping
 
-Arch = Literal["mosaic", "gpt2"]
+Arch = Literal["mosaic", "gpt2", "mosaic_v2"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,10 +35,24 @@ class ModelConfig:
     cmem_impl: str = "auto"        # "dense" | "flash" | "auto" (see memory.contextual_retrieval)
     scan_layers: bool = True       # lax.scan over stacked layers (fast compile) or an unrolled loop
     remat: str = "none"            # "none" | "full" | "dots" (jax.checkpoint policy per block)
+    # --- Memory Mosaics v2 (arch="mosaic_v2", spec §5, docs/v2.md); ignored by the other architectures ---
+    n_head_short: int = -1         # short-term memory heads of size head_dim (-1: n_head; 0: no short-term memory)
+    n_head_long: int = -1          # long-term memory heads (-1: n_head; 0: no long-term memory)
+    short_window: int = 256        # h: the short-term memory reads the pairs t-h+1 .. t-1
+    short_oldest: str = "t-h+1"    # oldest short-term pair: "t-h+1" (v2 main text) or "t-h" (v2 appendix Fig. 11)
+    long_skip_min: int = 64        # training: the long-term memory reads pairs 1 .. t-m, m ~ U{min..max} per
+    long_skip_max: int = 256       #   sequence (drawn from the 'dropout' rng stream)
+    long_skip_eval: int = 64       # m in eval mode (no rng) and at inference
+    ffn_hidden: int = 0            # SwiGLU (persistent memory) hidden size d' (0: 3 * n_embd)
+    doc_masking: bool = True       # honour segment ids: document-wise masks and key-state reset at doc starts
+    v2_impl: str = "auto"          # retrieval: "dense" | "flash" | "blockwise" | "auto" (memory_v2.retrieve)
+    v2_key_impl: str = "auto"      # gated key recurrence: "scan" | "matrix" | "auto"
 
     def __post_init__(self) -> None:
-        if self.arch not in ("mosaic", "gpt2"):
-            raise ValueError(f"ModelConfig.arch must be 'mosaic' or 'gpt2', got {self.arch!r}")
+        if self.arch not in ("mosaic", "gpt2", "mosaic_v2"):
+            raise ValueError(f"ModelConfig.arch must be 'mosaic', 'gpt2' or 'mosaic_v2', got {self.arch!r}")
+        if self.arch == "mosaic_v2":
+            self._check_v2()
         if self.n_embd % self.n_head:
             raise ValueError(f"ModelConfig.n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.arch == "mosaic":
@@ -58,6 +72,50 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    def _check_v2(self) -> None:
+        for name in ("n_head_short", "n_head_long"):
+            if getattr(self, name) < -1:
+                raise ValueError(f"ModelConfig.{name}={getattr(self, name)}: must be -1 (n_head), 0 (off) or > 0")
+        if self.short_heads + self.long_heads == 0:
+            raise ValueError("ModelConfig.n_head_short=0 and n_head_long=0: v2 needs at least one contextual memory")
+        if self.short_oldest not in ("t-h+1", "t-h"):
+            raise ValueError(f"ModelConfig.short_oldest={self.short_oldest!r} not in ('t-h+1', 't-h')")
+        if self.short_lookback < 1:
+            raise ValueError(f"ModelConfig.short_window={self.short_window}: the short-term memory must hold at "
+                             "least one pair (short_window >= 2, or >= 1 with short_oldest='t-h')")
+        if not 1 <= self.long_skip_min <= self.long_skip_max:
+            raise ValueError(f"ModelConfig.long_skip_min={self.long_skip_min}, long_skip_max={self.long_skip_max}: "
+                             "need 1 <= long_skip_min <= long_skip_max (a skip of 0 would read the current pair)")
+        if self.long_skip_eval < 1:
+            raise ValueError(f"ModelConfig.long_skip_eval={self.long_skip_eval} must be >= 1")
+        if self.ffn_hidden < 0:
+            raise ValueError(f"ModelConfig.ffn_hidden={self.ffn_hidden} must be >= 0 (0: 3 * n_embd)")
+        if self.bias:
+            raise ValueError("ModelConfig.bias=True is not supported by arch='mosaic_v2' (v2 has no biases)")
+        if not self.pre_ln:
+            raise ValueError("ModelConfig.pre_ln=False is not supported by arch='mosaic_v2'")
+        for name, allowed in (("v2_impl", ("auto", "dense", "flash", "blockwise")),
+                              ("v2_key_impl", ("auto", "scan", "matrix"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r} not in {allowed}")
+
+    @property
+    def short_heads(self) -> int:
+        return self.n_head if self.n_head_short == -1 else self.n_head_short
+
+    @property
+    def long_heads(self) -> int:
+        return self.n_head if self.n_head_long == -1 else self.n_head_long
+
+    @property
+    def short_lookback(self) -> int:
+        """Pairs the v2 short-term memory holds: h-1 (pairs t-h+1..t-1) or h (pairs t-h..t-1)."""
+        return self.short_window - 1 if self.short_oldest == "t-h+1" else self.short_window
+
+    @property
+    def ffn_dim(self) -> int:
+        return self.ffn_hidden or 3 * self.n_embd
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

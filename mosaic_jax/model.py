@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from mosaic_jax.config import ModelConfig
 from mosaic_jax.gpt2 import GPT2_STD, GPT2Block
 from mosaic_jax.layers import DEFAULT_FNS, LayerNorm, MemoryFns, MosaicBlock, normal, param
+from mosaic_jax.layers_v2 import V2Block, trunc_normal
 
 Array = jax.Array
 Params = Any
@@ -39,7 +40,11 @@ class _Layer(nn.Module):
     deterministic: bool
 
     @nn.compact
-    def __call__(self, x_BTC: Array, segment_ids_BT: Optional[Array]) -> tuple[Array, None]:
+    def __call__(self, x_BTC: Array, segment_ids_BT: Optional[Array], long_skip_B: Optional[Array] = None,
+                 layer_idx: Optional[Array] = None) -> tuple[Array, None]:
+        if self.cfg.arch == "mosaic_v2":   # the block index (scanned input) sets v2's per-depth init scale
+            return V2Block(self.cfg, name="mosaic_v2")(x_BTC, layer_idx, segment_ids_BT, long_skip_B,
+                                                       self.deterministic), None
         if self.cfg.arch == "mosaic":
             return MosaicBlock(self.cfg, self.fns, name="mosaic")(x_BTC, self.deterministic), None
         return GPT2Block(self.cfg, name="gpt2")(x_BTC, self.deterministic, segment_ids_BT), None
@@ -62,9 +67,16 @@ class LanguageModel(nn.Module):
         # The reference ties emb to a Linear head initialised after it: the shared table is N(0, 1/√C).
         head_std = 1 / math.sqrt(C) if mosaic else GPT2_STD
         emb_std = head_std if (c.weight_tying or not mosaic) else 1.0
-        embed = param(self, "embed", normal(emb_std), (V, C), ("vocab", "embed"))
+        v2 = c.arch == "mosaic_v2"   # v2 Table 6: embedding and classifier trunc. normal, σ = 1/√(2C); no logit scale
+        v2_init = trunc_normal(1 / math.sqrt(2 * C))
+        embed = param(self, "embed", v2_init if v2 else normal(emb_std), (V, C), ("vocab", "embed"))
         x = jnp.take(embed, tokens_BT, axis=0).astype(dt)
-        if not mosaic:
+        long_skip_B = None
+        if v2:   # long-term skip m: one draw per sequence from the 'dropout' stream when training, fixed in eval
+            B = tokens_BT.shape[0]
+            long_skip_B = (jnp.full((B,), c.long_skip_eval, jnp.int32) if deterministic else
+                           jax.random.randint(self.make_rng("dropout"), (B,), c.long_skip_min, c.long_skip_max + 1))
+        if c.arch == "gpt2":
             if T > c.block_size:
                 raise ValueError(f"GPT-2 baseline: sequence length {T} exceeds block_size {c.block_size}")
             wpe = param(self, "pos_embed", normal(GPT2_STD), (c.block_size, C), ("positions", "embed"))
@@ -74,12 +86,15 @@ class LanguageModel(nn.Module):
         if c.remat != "none":
             layer = nn.remat(layer, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
         stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                        in_axes=(nn.broadcast,), length=c.n_layer, unroll=1 if c.scan_layers else c.n_layer,
+                        in_axes=(nn.broadcast, nn.broadcast, 0), length=c.n_layer,
+                        unroll=1 if c.scan_layers else c.n_layer,
                         metadata_params={nn.PARTITION_NAME: "layers"})
-        x, _ = stack(c, self.fns, deterministic, name="blocks")(x, segment_ids_BT)
+        x, _ = stack(c, self.fns, deterministic, name="blocks")(x, segment_ids_BT, long_skip_B,
+                                                                jnp.arange(c.n_layer, dtype=jnp.int32))
 
         x = LayerNorm(c, name="ln_out")(x)
-        head = embed if c.weight_tying else param(self, "head", normal(head_std), (V, C), ("vocab", "embed"))
+        head = embed if c.weight_tying else param(self, "head", v2_init if v2 else normal(head_std), (V, C),
+                                                  ("vocab", "embed"))
         logits = jnp.einsum("btc,vc->btv", x, head.astype(dt)).astype(jnp.float32)
         return logits / math.sqrt(C) if mosaic else logits
 
