@@ -1,0 +1,66 @@
+"""Small helpers shared by the experiment drivers: progress lines with rate/ETA, results folders, markdown."""
+from __future__ import annotations
+
+import os
+import pathlib
+import platform
+import shlex
+import sys
+import time
+from typing import Any, Sequence
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:        # run as `python experiments/<name>.py` without installing the package
+    sys.path.insert(0, str(REPO))
+SHARED = REPO.parent / "shared"
+RESULTS = REPO / "experiments" / "results"
+
+
+class Progress:
+    """Prints `label i/n, rate, ETA, extra` at most every `every` seconds (and at the end)."""
+
+    def __init__(self, label: str, total: int, every: float = 10.0, unit: str = "step") -> None:
+        self.label, self.total, self.every, self.unit = label, total, every, unit
+        self.t0 = self.last = time.time()
+
+    def __call__(self, i: int, **extra: Any) -> None:
+        now = time.time()
+        if now - self.last < self.every and i < self.total:
+            return
+        self.last = now
+        rate = i / max(now - self.t0, 1e-9)
+        eta = (self.total - i) / max(rate, 1e-9)
+        info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
+        print(f"  [{self.label}] {i}/{self.total} {self.unit}s, {rate:.2f} {self.unit}/s, ETA {eta:.0f}s {info}",
+              flush=True)
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    argv = sys.argv if argv is None else argv
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def machine() -> str:
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), {platform.python_implementation()} " \
+           f"{platform.python_version()}"
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        return str(v)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def out_dir(path: str | os.PathLike) -> pathlib.Path:
+    p = pathlib.Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def savefig(fig: Any, path: pathlib.Path, dpi: int = 80) -> None:
+    """Save a small PNG (the results folder keeps every PNG under ~300 KB)."""
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
