@@ -232,7 +232,7 @@ def _gpt2_tail(p: Params, x: Array, y: Array) -> Array:
 
 def _gpt2_prefill_layer(p: Params, x_BTC: Array) -> tuple[Array, dict[str, Array]]:
     q, k, v = _gpt2_qkv(p, _ln(x_BTC, p["ln_1"]))
-    return _gpt2_tail(p, x_BTC, causal_attention(q, k, v)), {"k": k, "v": v}
+    return _gpt2_tail(p, x_BTC, causal_attention(q, k, v)), {"k": k, "v": v, "q": q}   # q: analysis only
 
 
 def _gpt2_step_layer(p: Params, x_BC: Array, c: Cache, l: int, read_len: int) -> Array:
@@ -271,6 +271,8 @@ def prefill(cfg: ModelConfig, params: Params, tokens_BT: Array, lengths_B: Array
         else:
             x, st = _gpt2_prefill_layer(p, x)
         for name, val in st.items():
+            if name not in new:
+                continue
             if new[name].ndim == 5:      # per-position caches: slots 0..T−1
                 new[name] = new[name].at[l, :, :T].set(val.astype(new[name].dtype))
             else:
@@ -342,9 +344,7 @@ def forward_with_internals(cfg: ModelConfig, params: Params, tokens_BT: Array) -
         if cfg.arch == "mosaic":
             x, st = _mosaic_prefill_layer(cfg, p, x, lengths)
         else:
-            q, _, _ = _gpt2_qkv(p, _ln(x, p["ln_1"]))
             x, st = _gpt2_prefill_layer(p, x)
-            st["q"] = q
         internals.append(st)
     return _head(cfg, params, x), internals
 

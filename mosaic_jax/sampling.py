@@ -130,7 +130,7 @@ def generate_stream(cfg: ModelConfig, params: Any, prompts: Sequence[Sequence[in
         if i == max_new_tokens - 1:
             finished = np.ones(B, bool)
         for b in range(B):
-            seqs[b].append(int(new[b]) if out[b] >= 0 else (eos_id if eos_id is not None else 0))
+            seqs[b].append(int(new[b]))     # stopped rows keep running (their output is ignored)
         yield StepOutput(out, finished.copy())
         if finished.all():
             return
