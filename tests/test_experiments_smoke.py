@@ -39,3 +39,23 @@ def test_regbench_smoke(tmp_path):
     for m in res["results"].values():
         assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["tvd"] <= 1.0
         assert m["l1"] == pytest.approx(2 * m["tvd"])
+
+
+def test_lm_by_depth_and_attention_consistency_smoke(tmp_path):
+    """Language modelling by depth (training CLI, byte tokens, 3 steps, depth 1), then the attention analysis
+    on the same two runs."""
+    lm = _driver("lm_by_depth").main(["--smoke", "--out", str(tmp_path / "lm")])
+    _check_outputs(tmp_path / "lm", ["loss_curves.png", "per_position_loss.png"])
+    assert {k for k in lm["per_position"]} == {("mosaic", 1), ("gpt2", 1)}
+    att = _driver("attention_consistency").main(["--smoke", "--runs", lm["runs_root"], "--out", str(tmp_path / "att")])
+    _check_outputs(tmp_path / "att", ["inconsistency_vs_distance.png", "score_vs_distance.png",
+                                      "attention_maps_depth1.png"])
+    assert len(att["rows"]) == 2
+
+
+def test_full_scale_smoke(tmp_path):
+    res = _driver("full_scale").main(["--smoke", "--out", str(tmp_path), "--lm-runs", str(tmp_path / "none")])
+    md = (tmp_path / "results.md").read_text()
+    assert "launch/tpu_pod.sh" in md and "launch/slurm_gpu.sbatch" in md
+    assert res["info"]["mosaic"]["params"] == 123_588_336 and res["info"]["gpt2"]["params"] == 123_980_544
+    assert res["info"]["mosaic"]["tokens"] == 80_000 * 512 * 512
