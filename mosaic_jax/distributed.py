@@ -342,6 +342,46 @@ def initialize(plan: Plan) -> Plan:
     return dataclasses.replace(plan, num_processes=jax.process_count(), process_id=jax.process_index())
 
 
+_barriers = 0
+
+
+def barrier(name: str, timeout_s: int = 1800) -> None:
+    """Wait until every process reaches this point (the coordination service's barrier: no device collective,
+    any timeout). A no-op with one process. Call it at the same points, in the same order, on every process."""
+    global _barriers
+    import jax
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as _d
+    _barriers += 1
+    _d.global_state.client.wait_at_barrier(f"mosaic_jax:{_barriers}:{name}", timeout_in_ms=int(timeout_s * 1000))
+
+
+def compile_then_align(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """A jitted `fn` whose first call (per argument signature) compiles ahead of time, waits for every process at
+    a barrier, and only then runs; later calls run the compiled program directly. `fn` itself with one process.
+
+    Why: on CPU (gloo), XLA gives the processes a fixed 30 s to meet at a new program's first collective, and one
+    process can finish compiling much later than another (a loaded machine, a compilation-cache hit on one
+    side only): without the barrier the early process fails with "Gloo context initialization failed".
+    Harmless on GPU/TPU, where the same barrier just aligns the start."""
+    import jax
+    if jax.process_count() == 1:
+        return fn
+    compiled: dict[Any, Any] = {}
+
+    def call(*args: Any) -> Any:
+        leaves, tree = jax.tree.flatten(args)
+        key = (tree, tuple((tuple(getattr(x, "shape", ())), str(getattr(x, "dtype", type(x)))) for x in leaves))
+        exe = compiled.get(key)
+        if exe is None:
+            exe = compiled[key] = fn.lower(*args).compile()
+            barrier(f"compiled {name}")
+        return exe(*args)
+
+    return call
+
+
 def is_initialized() -> bool:
     try:
         from jax._src import distributed as _d

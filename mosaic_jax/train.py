@@ -132,6 +132,9 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
                                    dropout=t.dropout, mesh=mesh, param_shardings=shardings.params),
         shardings, mesh)
     eval_fn = train_step.jit_eval_step(train_step.make_eval_step(cfg), shardings.params, mesh)
+    # several processes: compile, wait for all, then run (gloo on CPU gives a first collective only 30 s)
+    step_fn = distributed.compile_then_align(step_fn, "train step")
+    eval_fn = distributed.compile_then_align(eval_fn, "eval step")
     tokenizer = tokenizers.load_tokenizer(d.path)
     writer = metrics.MetricWriter(workdir_p)
     flops_per_token = flops.train_flops_per_token(cfg, d.seq_len)

@@ -198,61 +198,62 @@ def _preempted_two_process_run(cmd, env, log_dir):
     return proc.returncode, out, err
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, mp_data, mp_env):
-    root = tmp_path_factory.mktemp("mp_runs")
-    single, multi = root / "single_1x8", root / "multi_2x4"
-    _one_process(single, mp_data, S2, mp_env)
-    launcher = ["bash", "launch/local_multiprocess.sh", "-n", "2", "-d", "4", "-l", str(root / "logs"), "--",
-                *TRAIN_ARGS, f"--config.data.path={mp_data}", f"--config.train.steps={S1}", f"--workdir={multi}"]
-    rc, out, err = _preempted_two_process_run(launcher, mp_env, root / "logs")
-    assert rc == 0, out[-3000:] + err[-3000:]
-    preempted = (out, sorted(int(p.name) for p in (multi / "checkpoints").iterdir() if p.name.isdigit()))
-    res = subprocess.run(launcher, cwd=REPO, env=mp_env, capture_output=True, text=True, timeout=600)  # 2-process resume
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    multi_records = _train_records(multi)
-    resumed = _one_process(multi, mp_data, S2, mp_env)   # the 2-process checkpoint, continued by one process
-    return single, multi, multi_records, res, resumed, preempted
-
-
 def _max_diff(a, b, steps, key):
     return max(abs(a[s][key] - b[s][key]) for s in steps)
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process_step_by_step(runs):
-    single, _, multi_records, res, _, _ = runs
+def test_two_processes_match_one_process_and_resume_in_one(tmp_path, mp_data, mp_env):
+    """One test (not a module fixture shared by several) so that pytest-xdist never runs the training twice.
+
+    1. reference: 1 process x 8 devices, steps 1..S2;
+    2. 2 processes x 4 devices, SIGTERM while step 1 compiles: both stop after step 1 and checkpoint it;
+    3. the same 2-process command again: resumes at step 1, runs to S1; steps 1..S1 match the reference;
+    4. 1 process x 8 devices continues the 2-process checkpoint to S2: steps S1+1..S2 and the final params match.
+    """
+    from mosaic_jax import checkpoint
+    single, multi, logs = tmp_path / "single_1x8", tmp_path / "multi_2x4", tmp_path / "logs"
+    _one_process(single, mp_data, S2, mp_env)
     ref = _train_records(single)
+
+    launcher = ["bash", "launch/local_multiprocess.sh", "-n", "2", "-d", "4", "-l", str(logs), "--",
+                *TRAIN_ARGS, f"--config.data.path={mp_data}", f"--config.train.steps={S1}", f"--workdir={multi}"]
+    rc, out, err = _preempted_two_process_run(launcher, mp_env, logs)
+    assert rc == 0, out[-3000:] + err[-3000:]
+    saved = sorted(int(p.name) for p in (multi / "checkpoints").iterdir() if p.name.isdigit())
+    assert "SIGTERM: saved" in out and saved == [1], out[-2000:] + err[-2000:]
+
+    res = subprocess.run(launcher, cwd=REPO, env=mp_env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "(step 1)" in res.stdout and "2 processes x 4 CPU devices" in res.stderr
+    assert "mesh {'data': 1, 'fsdp': 8, 'tensor': 1} on 8 cpu device(s)" in res.stdout
+    multi_records = _train_records(multi)
     steps = range(1, S1 + 1)
     assert sorted(multi_records) == list(steps)
-    assert _max_diff(ref, multi_records, steps, "loss") <= TOL
-    assert _max_diff(ref, multi_records, steps, "grad_norm") <= TOL
-    assert "mesh {'data': 1, 'fsdp': 8, 'tensor': 1} on 8 cpu device(s)" in res.stdout
-    assert "(step 1)" in res.stdout                 # the second 2-process run resumed the preempted one
-    assert "2 processes x 4 CPU devices" in res.stderr
-    print(f"2x4 vs 1x8, steps 1..{S1}: max |loss diff| {_max_diff(ref, multi_records, steps, 'loss'):.3g}")
+    loss_2x4 = _max_diff(ref, multi_records, steps, "loss")
+    assert loss_2x4 <= TOL and _max_diff(ref, multi_records, steps, "grad_norm") <= TOL
 
-
-@pytest.mark.slow
-def test_two_process_checkpoint_resumes_in_one_process(runs):
-    from mosaic_jax import checkpoint
-    single, multi, _, _, resumed, _ = runs
+    resumed = _one_process(multi, mp_data, S2, mp_env)
     assert f"resumed from {multi / 'checkpoints' / str(S1)} (step {S1})" in resumed.stdout
-    ref, cont = _train_records(single), _train_records(multi)
+    cont = _train_records(multi)
     steps = range(S1 + 1, S2 + 1)
-    assert _max_diff(ref, cont, steps, "loss") <= TOL and _max_diff(ref, cont, steps, "grad_norm") <= TOL
+    loss_resumed = _max_diff(ref, cont, steps, "loss")
+    assert loss_resumed <= TOL and _max_diff(ref, cont, steps, "grad_norm") <= TOL
     _, p_ref = checkpoint.load_exported(single / "export")
     _, p_cont = checkpoint.load_exported(multi / "export")
     import jax
     diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))),
                                          p_ref, p_cont))
     assert max(diffs) <= TOL
-    print(f"resume S1={S1}->S2={S2}: max |loss diff| {_max_diff(ref, cont, steps, 'loss'):.3g}, "
-          f"max |param diff| {max(diffs):.3g}")
+    print(f"\n2x4 vs 1x8, steps 1..{S1}: max |loss diff| {loss_2x4:.3g}; resumed in 1 process, steps "
+          f"{S1 + 1}..{S2}: max |loss diff| {loss_resumed:.3g}, final max |param diff| {max(diffs):.3g}")
+    for s in range(1, S2 + 1):
+        print(f"step {s}: 1x8 {ref[s]['loss']:.9f} | 2x4/resumed {cont[s]['loss']:.9f} | "
+              f"|diff| {abs(ref[s]['loss'] - cont[s]['loss']):.2e}")
 
 
-@pytest.mark.slow
-def test_sigterm_checkpoints_every_process_at_the_same_step(runs):
-    """SIGTERM to the launcher while step 1 compiles: both processes agree to stop after step 1 and save it."""
-    out, steps = runs[-1]
-    assert "SIGTERM: saved" in out and steps == [1], out[-2000:]
+def test_compile_then_align_is_the_function_itself_with_one_process():
+    def f(x):
+        return x
+    assert distributed.compile_then_align(f, "f") is f
+    distributed.barrier("one process: no-op")
