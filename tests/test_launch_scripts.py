@@ -1,8 +1,6 @@
 """launch/: shellcheck, --help, and the commands each script's --dry-run prints; local_multiprocess.sh's
 failure handling (one process fails -> the others are stopped and its status is returned)."""
-import json
 import os
-import pathlib
 import shutil
 import subprocess
 import sys
