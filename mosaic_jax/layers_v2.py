@@ -92,6 +92,8 @@ class V2Block(nn.Module):
                  skip_B: Optional[Array] = None, deterministic: bool = True) -> Array:
         c = self.cfg
         seg = segment_ids_BT if c.doc_masking else None
+        if skip_B is None:   # called outside LanguageModel: the evaluation skip
+            skip_B = jnp.full((x_BTC.shape[0],), c.long_skip_eval, jnp.int32)
         h = LayerNorm(c, name="ln1")(x_BTC)
         ys = []
         if c.short_heads:
