@@ -281,7 +281,7 @@ def evaluate(cfg: ModelConfig, fn, params: dict, s: Setup, val_data: np.ndarray,
     for T in s.eval_lens:
         r["retrieval"][str(T)] = retrieval_accuracy(cfg, fn, params, s, val_data, T)
     losses = token_losses(cfg, fn, params, s, val_data, s.eval_lens[-1])
-    r["loss_by_position"] = losses.mean(0).tolist()
+    r["loss_by_position"] = [round(float(x), 5) for x in losses.mean(0)]
     for T in s.eval_lens:
         r["loss_at"][str(T)] = float(losses[:, :T].mean())
     print(f"  retrieval {r['retrieval']}  loss {r['loss_at']}", flush=True)
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
                 cfg, fn, without_long_memory(cfg, params), s, val_data, 0.0)
     wall = time.perf_counter() - t_start
     (args.out / "results.json").write_text(json.dumps({"setup": dataclasses.asdict(s), "command": command,
-                                                       "wall_seconds": wall, "results": results}, indent=1))
+                                                       "wall_seconds": wall, "results": results}))
     plot(results, s, args.out / "extrapolation.png")
     (args.out / "results.md").write_text(markdown(results, s, command, wall))
     print(markdown(results, s, command, wall))
