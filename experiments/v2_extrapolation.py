@@ -13,8 +13,8 @@ Byte-level tokens (0..255) plus special symbols; no document masks (stories are 
 BabiStories windows). v2 is scaled down with the context: h = 32, m ~ U{8..32} in training, m = 8 at
 inference (the paper: h = 256, m ~ U{64..256}, 64 at 4k). The three models have matched parameter counts.
 
-    /work/venv/bin/python experiments/v2_extrapolation.py              # full run (~15 min on 2 CPU cores)
-    /work/venv/bin/python experiments/v2_extrapolation.py --smoke --out /tmp/v2x   # seconds (CI)
+    python experiments/v2_extrapolation.py              # full run (~15 min on 2 CPU cores)
+    python experiments/v2_extrapolation.py --smoke --out /tmp/v2x   # seconds (CI)
 """
 from __future__ import annotations
 
