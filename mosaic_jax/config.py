@@ -32,7 +32,10 @@ class ModelConfig:
     # --- implementation choices (do not change the function computed) ---
     dtype: str = "float32"         # compute dtype; params stay float32, softmax and logits float32
     leaky_impl: str = "auto"       # "matrix" | "scan" | "chunked" | "auto" (by sequence length)
-    cmem_impl: str = "auto"        # "dense" | "flash" | "auto" (see memory.contextual_retrieval)
+    cmem_impl: str = "auto"        # "dense" | "flash" | "fused" | "auto" (see memory.contextual_retrieval)
+    pmem_impl: str = "auto"        # "dense" | "flash" | "fused" | "auto" (see memory.persistent_retrieval)
+    loss_impl: str = "auto"        # tied head + cross-entropy: "dense" | "fused" | "auto" (see model.loss_sum)
+    proj_impl: str = "auto"        # projections: "dense" (einsum) | "fused" (kernels.matmul) | "auto" (CPU: fused)
     scan_layers: bool = True       # lax.scan over stacked layers (fast compile) or an unrolled loop
     remat: str = "none"            # "none" | "full" | "dots" (jax.checkpoint policy per block)
     # --- Memory Mosaics v2 (arch="mosaic_v2", spec §5, docs/v2.md); ignored by the other architectures ---
@@ -63,7 +66,10 @@ class ModelConfig:
             if self.k_kernel_size < 1:
                 raise ValueError(f"ModelConfig.k_kernel_size={self.k_kernel_size} must be >= 1")
         for name, allowed in (("leaky_impl", ("auto", "matrix", "scan", "chunked")),
-                              ("cmem_impl", ("auto", "dense", "flash")),
+                              ("cmem_impl", ("auto", "dense", "flash", "fused")),
+                              ("pmem_impl", ("auto", "dense", "flash", "fused")),
+                              ("loss_impl", ("auto", "dense", "fused")),
+                              ("proj_impl", ("auto", "dense", "fused")),
                               ("remat", ("none", "full", "dots")),
                               ("dtype", ("float32", "bfloat16", "float16"))):
             if getattr(self, name) not in allowed:

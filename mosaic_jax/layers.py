@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mosaic_jax import memory
+from mosaic_jax import kernels, memory
 from mosaic_jax.config import ModelConfig
 
 Array = jax.Array
@@ -64,6 +64,11 @@ class LayerNorm(nn.Module):
         return memory.layer_norm(x, w, b)
 
 
+def fused_projections(cfg: ModelConfig) -> bool:
+    """cfg.proj_impl: project with kernels.matmul (float32 accumulation, hand-written VJP); auto: on CPU."""
+    return cfg.proj_impl == "fused" or (cfg.proj_impl == "auto" and jax.default_backend() == "cpu")
+
+
 def dropout(module: nn.Module, x: Array, rate: float, deterministic: bool) -> Array:
     if deterministic or rate == 0.0:
         return x
@@ -81,6 +86,9 @@ class KeyFeatures(nn.Module):
         K, C, H, D = c.k_kernel_size, c.n_embd, c.n_head, c.head_dim
         w = param(self, "wk", normal(1 / math.sqrt(C * K)), (K, C, H, D), ("conv", "embed", "heads", "head_dim"))
         b = param(self, "bk", nn.initializers.zeros, (H, D), ("heads", "head_dim")) if c.bias else None
+        if K == 1 and fused_projections(c):
+            k = kernels.project(h_BTC, w[0], 1)
+            return k if b is None else k + b.astype(k.dtype)
         return memory.causal_conv_features(h_BTC, w, b)
 
 
@@ -93,7 +101,10 @@ class OutProjection(nn.Module):
         c = self.cfg
         std = 1 / math.sqrt(c.n_embd) / math.sqrt(c.n_layer)
         w = param(self, "wo", normal(std), (c.n_head, c.head_dim, c.n_embd), ("heads", "head_dim", "embed"))
-        out = jnp.einsum("bthd,hdc->btc", y_BTHD, w.astype(y_BTHD.dtype))
+        if fused_projections(c):
+            out = kernels.project(y_BTHD, w, 2)
+        else:
+            out = jnp.einsum("bthd,hdc->btc", y_BTHD, w.astype(y_BTHD.dtype))
         if c.bias:
             out = out + param(self, "bo", nn.initializers.zeros, (c.n_embd,), ("embed",)).astype(out.dtype)
         return out
@@ -120,7 +131,10 @@ class ContextualMemory(nn.Module):
         coef = param(self, "v_coef", nn.initializers.uniform(1.0), (H,), ("heads",))
         wv = param(self, "wv", normal(1 / math.sqrt(C)), (C, H, D), ("embed", "heads", "head_dim"))
         kt = KeyFeatures(c, name="k_features")(h_BTC)
-        vt = jnp.einsum("btc,chd->bthd", h_BTC, wv.astype(h_BTC.dtype))
+        if fused_projections(c):
+            vt = kernels.project(h_BTC, wv, 1)
+        else:
+            vt = jnp.einsum("btc,chd->bthd", h_BTC, wv.astype(h_BTC.dtype))
         if c.bias:
             vt = vt + param(self, "bv", nn.initializers.zeros, (H, D), ("heads", "head_dim")).astype(vt.dtype)
         k = self.fns.keys(kt, leak, memory.key_scale(kb), c.leaky_impl)
@@ -147,7 +161,10 @@ class PersistentMemory(nn.Module):
         kt = KeyFeatures(c, name="k_features")(h_BTC)
         q = self.fns.keys(kt, leak, jnp.square(memory.key_scale(kb)), c.leaky_impl)  # squared: slots carry no scale
         rng = None if deterministic or c.ic_dropout == 0.0 else self.make_rng("dropout")
-        y = self.fns.persistent(q, mk, mv, dropout_rate=c.ic_dropout, dropout_rng=rng)
+        if self.fns.persistent is memory.persistent_retrieval:   # the default read has fast forms
+            y = memory.persistent_retrieval(q, mk, mv, dropout_rate=c.ic_dropout, dropout_rng=rng, impl=c.pmem_impl)
+        else:
+            y = self.fns.persistent(q, mk, mv, dropout_rate=c.ic_dropout, dropout_rng=rng)
         y = y * memory.value_scale(vb)[None, None, :, None].astype(y.dtype)
         return OutProjection(c, name="out")(y)
 

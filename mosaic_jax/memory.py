@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mosaic_jax import kernels
+
 Array = jax.Array
 EXP_PARAM_SCALE = 10.0   # the reference's `exp_param_scale`: a learning-rate multiplier in disguise
 KEY_SCALE_LOG_MAX = 5.0  # the reference clamps the log key scale at 5 (fp16 safety)
@@ -69,19 +71,10 @@ def leaky_average_matrix(x_BTHD: Array, lam_H: Array) -> Array:
     return jnp.einsum("hts,bshd->bthd", decay_HTT.astype(x_BTHD.dtype), x_BTHD)
 
 
-def _leaky_combine(left: tuple[Array, Array], right: tuple[Array, Array]) -> tuple[Array, Array]:
-    a_l, s_l = left
-    a_r, s_r = right
-    return a_l * a_r, a_r * s_l + s_r
-
-
 def leaky_average_scan(x_BTHD: Array, lam_H: Array) -> Array:
-    """Associative scan of the recurrence s_t = a·s_{t−1} + x_t: O(T·D) work, O(log T) depth."""
-    a_H = jnp.exp(-lam_H.astype(jnp.float32))
-    x32 = x_BTHD.astype(jnp.float32)
-    a_BTHD = jnp.broadcast_to(a_H[None, None, :, None], x32.shape)
-    _, s = lax.associative_scan(_leaky_combine, (a_BTHD, x32), axis=1)
-    return (s * (1.0 - a_H)[None, None, :, None]).astype(x_BTHD.dtype)
+    """Associative scan of the recurrence s_t = a·s_{t−1} + x_t: O(T·D) work, O(log T) depth; the backward
+    pass is written out (kernels.leaky_scan)."""
+    return kernels.leaky_scan(x_BTHD, lam_H)
 
 
 def leaky_average_chunked(x_BTHD: Array, lam_H: Array, chunk: int = 64) -> Array:
@@ -119,9 +112,13 @@ MATRIX_MAX_T = 256  # measured: the T×T form is as fast as the others up to 256
 
 
 def leaky_average(x_BTHD: Array, lam_H: Array, impl: str = "auto") -> Array:
-    """Leaky average with decay e^{−λ_h} per head; `auto` picks the T×T form for short sequences."""
+    """Leaky average with decay e^{−λ_h} per head; `auto`: the scan on CPU (measured fastest there, see
+    docs/performance.md), elsewhere the T×T form for short sequences and the chunked form for long ones."""
     if impl == "auto":
-        impl = "matrix" if x_BTHD.shape[1] <= MATRIX_MAX_T else "chunked"
+        if jax.default_backend() == "cpu":
+            impl = "scan"
+        else:
+            impl = "matrix" if x_BTHD.shape[1] <= MATRIX_MAX_T else "chunked"
     return LEAKY_IMPLS[impl](x_BTHD, lam_H)
 
 
@@ -186,8 +183,37 @@ def contextual_retrieval_flash(k_BTHD: Array, v_BTHD: Array) -> Array:
     B, T, H, D = k_BTHD.shape
     if T < 2:
         return jnp.zeros_like(v_BTHD)
-    y = jax.nn.dot_product_attention(k_BTHD[:, 1:], k_BTHD[:, :-1], v_BTHD[:, :-1], scale=1.0, is_causal=True)
+    y = jax.nn.dot_product_attention(k_BTHD[:, 1:], k_BTHD[:, :-1], v_BTHD[:, :-1], scale=1.0, is_causal=True,
+                                     implementation=attention_backend(k_BTHD.dtype, D))
     return jnp.concatenate([jnp.zeros((B, 1, H, D), y.dtype), y], axis=1)
+
+
+def attention_backend(dtype: jnp.dtype, head_dim: int) -> Optional[str]:
+    """"cudnn" (flash attention) on an NVIDIA GPU for the dtypes and head sizes it takes, else None (XLA)."""
+    ok = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+    return "cudnn" if ok and jax.default_backend() == "gpu" else None
+
+
+def resolve_impl(impl: str, fusable: bool, dropout: bool = False) -> str:
+    """The read to run. "auto": "flash" on GPU/TPU (without dropout), "fused" (kernels.py: chunked,
+    hand-written VJP, dropout supported) on CPU, "dense" where neither applies. `fusable`: the default kernel
+    and mask. Explicit choices that cannot compute the asked function raise."""
+    accelerator = jax.default_backend() in ("gpu", "tpu")
+    if impl == "auto":
+        if not fusable or (accelerator and dropout):
+            return "dense"
+        return "flash" if accelerator else "fused"
+    if impl != "dense" and (not fusable or (impl == "flash" and dropout)):
+        raise ValueError(f"impl={impl!r} needs the default kernel and mask" + (" and no dropout" if impl == "flash"
+                         else "") + "; use 'dense' or 'auto'")
+    return impl
+
+
+def _dropout_seed(rng: Optional[Array], rate: float) -> tuple[Optional[Array], float]:
+    """(uint32 seed, rate) for the fused reads' hash masks; (None, 0) when dropout is off."""
+    if rng is None or rate == 0.0:
+        return None, 0.0
+    return jax.random.bits(rng, (), jnp.uint32), float(rate)
 
 
 def contextual_retrieval(k_BTHD: Array, v_BTHD: Array, *, kernel: KernelFn = dot_kernel,
@@ -197,16 +223,17 @@ def contextual_retrieval(k_BTHD: Array, v_BTHD: Array, *, kernel: KernelFn = dot
 
     Row 0 has no stored pair and returns exactly 0. Dropout (p = dropout_rate) applies to the read weights
     when a dropout_rng is given. `allowed_TT` overrides the strict causal mask (e.g. windows, documents).
-    impl: "dense" (materialises the scores), "flash" (fused attention, default kernel and mask only, no
-    dropout) or "auto" (flash on GPU/TPU when it applies, dense otherwise).
+    impl: "dense" (materialises the scores), "flash" (`jax.nn.dot_product_attention`: cuDNN on GPU),
+    "fused" (kernels.contextual_read: chunked, hand-written VJP, nothing T×T stored) or "auto" (flash on
+    GPU/TPU, fused on CPU, dense when neither applies). The fast forms need the dot kernel and the default mask;
+    flash also needs no dropout. Fused dropout draws its masks from a counter hash (kernels.dropout_keep), not
+    from `jax.random.bernoulli`: the same distribution, another random stream than dense.
     """
-    fusable = kernel is dot_kernel and allowed_TT is None and (dropout_rng is None or dropout_rate == 0.0)
-    if impl == "auto":
-        impl = "flash" if fusable and jax.default_backend() in ("gpu", "tpu") else "dense"
+    impl = resolve_impl(impl, kernel is dot_kernel and allowed_TT is None, dropout_rng is not None and dropout_rate > 0)
     if impl == "flash":
-        if not fusable:
-            raise ValueError("contextual_retrieval impl='flash' needs the dot kernel, the default mask and no dropout")
         return contextual_retrieval_flash(k_BTHD, v_BTHD)
+    if impl == "fused":
+        return kernels.contextual_read(k_BTHD, v_BTHD, 0, *_dropout_seed(dropout_rng, dropout_rate))
     T = k_BTHD.shape[1]
     scores_BHTS = kernel(k_BTHD, k_BTHD)
     allowed = strict_causal_mask(T) if allowed_TT is None else allowed_TT
@@ -218,8 +245,19 @@ def contextual_retrieval(k_BTHD: Array, v_BTHD: Array, *, kernel: KernelFn = dot
 
 
 def persistent_retrieval(q_BTHD: Array, mk_NHPD: Array, mv_NHPD: Array, *, dropout_rate: float = 0.0,
-                         dropout_rng: Optional[Array] = None) -> Array:
-    """y_t = (1/N)·Σ_n softmax_s(q_t·M_k^n[s]) M_v^n[s]: per-head attention over N learned slot tables."""
+                         dropout_rng: Optional[Array] = None, impl: str = "dense") -> Array:
+    """y_t = (1/N)·Σ_n softmax_s(q_t·M_k^n[s]) M_v^n[s]: per-head attention over N learned slot tables.
+
+    impl: "dense" (materialises the B·H·T·P weights), "fused" (kernels.persistent_read: chunked over tokens,
+    hand-written VJP), "flash" (`jax.nn.dot_product_attention` with the B·T queries in one row against the
+    slot table: cuDNN on GPU; no dropout) or "auto" (flash on GPU/TPU, fused on CPU, dense for dropout on GPU).
+    """
+    impl = resolve_impl(impl, True, dropout_rng is not None and dropout_rate > 0)
+    if impl in ("fused", "flash"):
+        N = mk_NHPD.shape[0]
+        rngs = [None if dropout_rng is None else jax.random.fold_in(dropout_rng, n) for n in range(N)]
+        return sum(_persistent_fast(q_BTHD, mk_NHPD[n], mv_NHPD[n], impl, *_dropout_seed(rngs[n], dropout_rate))
+                   for n in range(N)) / N
     scores_BNHTP = jnp.einsum("bthd,nhpd->bnhtp", q_BTHD, mk_NHPD.astype(q_BTHD.dtype),
                               preferred_element_type=jnp.float32)
     w = jax.nn.softmax(scores_BNHTP, axis=-1)
@@ -228,3 +266,15 @@ def persistent_retrieval(q_BTHD: Array, mk_NHPD: Array, mv_NHPD: Array, *, dropo
         w = jnp.where(keep, w / (1.0 - dropout_rate), 0.0)
     y = jnp.einsum("bnhtp,nhpd->bthd", w.astype(q_BTHD.dtype), mv_NHPD.astype(q_BTHD.dtype))
     return y / mk_NHPD.shape[0]
+
+
+def _persistent_fast(q_BTHD: Array, mk_HPD: Array, mv_HPD: Array, impl: str, seed: Optional[Array],
+                     rate: float) -> Array:
+    if impl == "fused":
+        return kernels.persistent_read(q_BTHD, mk_HPD, mv_HPD, 0, seed, rate)
+    B, T, H, D = q_BTHD.shape
+    dt = q_BTHD.dtype
+    y = jax.nn.dot_product_attention(q_BTHD.reshape(1, B * T, H, D), mk_HPD.astype(dt).transpose(1, 0, 2)[None],
+                                     mv_HPD.astype(dt).transpose(1, 0, 2)[None], scale=1.0,
+                                     implementation=attention_backend(dt, D))
+    return y.reshape(B, T, H, D)

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mosaic_jax import kernels
 from mosaic_jax.config import ModelConfig
 from mosaic_jax.gpt2 import GPT2_STD, GPT2Block
 from mosaic_jax.layers import DEFAULT_FNS, LayerNorm, MemoryFns, MosaicBlock, normal, param
@@ -56,7 +57,7 @@ class LanguageModel(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT: Array, deterministic: bool = True,
-                 segment_ids_BT: Optional[Array] = None) -> Array:
+                 segment_ids_BT: Optional[Array] = None, features: bool = False) -> Array:
         c = self.cfg
         dt = jnp.dtype(c.dtype)
         V, C, T = c.vocab_size, c.n_embd, tokens_BT.shape[1]
@@ -93,6 +94,8 @@ class LanguageModel(nn.Module):
                                                                 jnp.arange(c.n_layer, dtype=jnp.int32))
 
         x = LayerNorm(c, name="ln_out")(x)
+        if features:   # the final hidden states, for a fused head + loss (loss_sum)
+            return x
         head = embed if c.weight_tying else param(self, "head", v2_init if v2 else normal(head_std), (V, C),
                                                   ("vocab", "embed"))
         logits = jnp.einsum("btc,vc->btv", x, head.astype(dt)).astype(jnp.float32)
@@ -139,10 +142,35 @@ def cross_entropy(logits_BTV: Array, targets_BT: Array) -> tuple[Array, Array]:
     return jnp.sum(jnp.where(valid, lse - picked, 0.0)), jnp.sum(valid)
 
 
+def loss_sum(cfg: ModelConfig, params: Params, tokens_BT: Array, targets_BT: Array, *,
+             rng: Optional[Array] = None, fns: MemoryFns = DEFAULT_FNS,
+             segment_ids_BT: Optional[Array] = None) -> tuple[Array, Array]:
+    """(sum of token losses, number of counted tokens) = cross_entropy(apply(...), targets).
+
+    cfg.loss_impl "fused" (or "auto" on CPU) computes the tied head and the cross-entropy in chunks of tokens
+    with a hand-written VJP (kernels.head_cross_entropy): the (B, T, V) logits are never stored.
+    """
+    impl = cfg.loss_impl
+    if impl == "auto":
+        impl = "fused" if jax.default_backend() == "cpu" else "dense"
+    if impl == "dense":
+        return cross_entropy(apply(cfg, params, tokens_BT, rng=rng, fns=fns, segment_ids_BT=segment_ids_BT),
+                             targets_BT)
+    rngs = {} if rng is None else {"dropout": rng}
+    x_BTC = build_model(cfg, fns).apply({"params": params}, jnp.asarray(tokens_BT), rng is None, segment_ids_BT,
+                                        True, rngs=rngs)
+    head_VC = params["embed"] if cfg.weight_tying else params["head"]
+    scale = 1 / math.sqrt(cfg.n_embd) if cfg.arch == "mosaic" else 1.0
+    B, T, C = x_BTC.shape
+    targets_M = jnp.asarray(targets_BT).reshape(B * T)
+    total = kernels.head_cross_entropy(x_BTC.reshape(B * T, C), head_VC, targets_M, scale)
+    return total, jnp.sum(targets_M != IGNORE_INDEX)
+
+
 def loss_fn(cfg: ModelConfig, params: Params, tokens_BT: Array, targets_BT: Array, *,
             rng: Optional[Array] = None, fns: MemoryFns = DEFAULT_FNS) -> Array:
     """Mean next-token cross-entropy (the reference's loss, ignore_index = -1)."""
-    total, count = cross_entropy(apply(cfg, params, tokens_BT, rng=rng, fns=fns), targets_BT)
+    total, count = loss_sum(cfg, params, tokens_BT, targets_BT, rng=rng, fns=fns)
     return total / jnp.maximum(count, 1)
 
 

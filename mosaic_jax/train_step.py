@@ -47,10 +47,8 @@ def split_microbatches(x_BT: Array, k: int, mesh: Optional[Mesh] = None) -> Arra
 
 def _loss_sum(cfg: ModelConfig, fns: MemoryFns, params: Any, mb: Batch, rng: Optional[Array]) -> tuple[Array, Array]:
     """(sum of token cross-entropies, number of counted tokens) for one microbatch."""
-    seg = mb.get("segment_ids")
-    logits_BTV = model.apply(cfg, params, mb["inputs"], rng=rng, fns=fns, segment_ids_BT=seg)
-    total, count = model.cross_entropy(logits_BTV, mb["targets"])
-    return total, count
+    return model.loss_sum(cfg, params, mb["inputs"], mb["targets"], rng=rng, fns=fns,
+                          segment_ids_BT=mb.get("segment_ids"))
 
 
 def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, lr_fn: optax.Schedule, *,

@@ -1,0 +1,330 @@
+r"""Benchmark harness: training-step tokens/s, MFU and memory of the memory mosaic and the GPT-2 baseline, and
+decode speed. One JSON line per row on stdout (the device named in every row), a markdown table on request.
+
+    python -m mosaic_jax.bench --smoke                                   # CI: tiny model, 2 timed steps
+    python -m mosaic_jax.bench --size=cpu --dtype=float32,bfloat16 --impl=fast,plain --torch=eager,compile \
+        --markdown                                                       # the CPU comparison of issue 9
+    python -m mosaic_jax.bench --size=gpt2-small --seq=512 --batch=8 --dtype=bfloat16     # GPU, one card
+
+Timing: every variant is compiled and warmed up first (warm-up excluded), then the variants run INTERLEAVED,
+one step each per round, for --rounds rounds, so that all rows see the same machine load; a row reports the
+median (and best) step time. On a shared machine compare rows of one run only. `--torch` adds the PyTorch
+reference (benchmarks/torch_reference.py, needs torch) to the same rounds.
+
+MFU = train_flops_per_token (flops.py: 3 × forward matmul FLOPs, full T×T, remat excluded) × tokens/s ÷ peak.
+The peak is the table value on accelerators, and on CPU the best measured matmul rate of this process in the
+row's compute dtype (bfloat16 operands with float32 accumulation for bfloat16), unless --peak_flops is given.
+Memory: XLA's compiled footprint (arguments + outputs + temporaries − aliased), and the device's peak bytes in
+use where the backend reports it (GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from mosaic_jax import flops, model, optim, train_state, train_step
+from mosaic_jax.config import ModelConfig
+
+# name -> (n_layer, n_embd, n_head, pmem_size, vocab_size); P = 3.5·C gives the GPT-2 layer's FLOPs/params
+SIZES: dict[str, tuple[int, int, int, int, int]] = {
+    "tiny": (2, 64, 4, 224, 512),
+    "cpu": (4, 256, 8, 896, 8192),            # the CPU comparison against the PyTorch reference
+    "gpt2-small": (12, 768, 12, 2688, 50304),  # the paper's size (BabiStories runs)
+    "gpt2-medium": (24, 1024, 16, 3584, 50304),
+}
+PLAIN = dict(cmem_impl="dense", pmem_impl="dense", loss_impl="dense", proj_impl="dense")   # every fast path off
+REFERENCE_SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "torch_reference.py"
+
+
+@dataclasses.dataclass
+class Variant:
+    row: dict[str, Any]            # the fixed fields of the output row
+    run: Callable[[], Optional[float]]   # one step (blocks until done); may return its own timed seconds
+    times: list[float] = dataclasses.field(default_factory=list)
+
+
+def device_name() -> str:
+    d = jax.devices()[0]
+    if d.platform == "cpu":
+        cpu = platform.processor() or "cpu"
+        try:
+            for line in open("/proc/cpuinfo"):
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        return f"cpu: {cpu} ({len(os.sched_getaffinity(0))} of {os.cpu_count()} cores)"
+    return f"{d.platform}: {d.device_kind} x{jax.device_count()}"
+
+
+def model_config(arch: str, size: str, seq: int, dtype: str, impl: str, dropout: float, remat: str) -> ModelConfig:
+    """impl: "fast" (the config's defaults: every "auto" switch) or "plain" (all dense), optionally followed by
+    config overrides "+field=value" (e.g. "fast+scan_layers=False+pmem_impl=dense")."""
+    L, C, H, P, V = SIZES[size]
+    cfg = ModelConfig(arch=arch, n_layer=L, n_embd=C, n_head=H, pmem_size=P, vocab_size=V, block_size=seq,
+                      dtype=dtype, ic_dropout=dropout, hd_dropout=dropout, remat=remat)
+    base, *overrides = impl.split("+")
+    if base not in ("fast", "plain"):
+        raise ValueError(f"--impl {impl!r}: must start with 'fast' or 'plain'")
+    cfg = cfg.replace(**PLAIN) if base == "plain" else cfg
+    for item in overrides:
+        name, value = item.split("=", 1)
+        default = getattr(cfg, name)
+        cfg = cfg.replace(**{name: (value == "True") if isinstance(default, bool) else type(default)(value)})
+    return cfg
+
+
+def xla_memory_bytes(compiled: Any) -> Optional[int]:
+    try:
+        m = compiled.memory_analysis()
+        return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+    except Exception:  # noqa: BLE001 (not every backend reports it)
+        return None
+
+
+def train_variant(cfg: ModelConfig, batch: int, seq: int, warmup: int) -> Variant:
+    """The real training step (train_step.make_train_step: AdamW + clip, donated state), compiled and warmed."""
+    tx = optim.make_optimizer(optim.OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=0, decay_steps=10 ** 6),
+                              optim.decay_mask(model.param_axes(cfg)))
+    step = train_step.make_train_step(cfg, tx, lambda s: 1e-3, dropout=cfg.ic_dropout > 0 or cfg.hd_dropout > 0)
+    state = train_state.init_state(cfg, tx, seed=0)
+    tokens = jax.random.randint(jax.random.key(1), (batch, seq + 1), 0, cfg.vocab_size, jnp.int32)
+    data = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=0).lower(state, data).compile()
+    compile_s = time.perf_counter() - t0
+    box = [state]
+
+    def run() -> None:
+        box[0], metrics = compiled(box[0], data)
+        jax.block_until_ready(metrics["loss"])
+
+    for _ in range(warmup):
+        run()
+    mem = xla_memory_bytes(compiled)
+    row = {"bench": "train", "compile_s": round(compile_s, 1), "xla_mem_gb": None if mem is None else mem / 2 ** 30,
+           "flops_per_token": flops.train_flops_per_token(cfg, seq), "params": train_state.count_params(state)}
+    return Variant(row, run)
+
+
+def decode_variant(cfg: ModelConfig, batch: int, prompt: int, new: int, warmup: int) -> Variant:
+    """Prefill `prompt` tokens, then time `new` single-token steps (decode.step_jit, cache donated)."""
+    from mosaic_jax import decode  # noqa: PLC0415 (optional part of the package)
+    params = model.init_params(cfg, jax.random.key(0))
+    tokens = jax.random.randint(jax.random.key(1), (batch, prompt), 0, cfg.vocab_size, jnp.int32)
+    lengths = jnp.full((batch,), prompt, jnp.int32)
+    S = prompt + new
+    nxt = jnp.zeros((batch,), jnp.int32)
+
+    def run() -> float:   # times the token loop only, not the prefill
+        cache = decode.init_cache(cfg, batch, S)
+        logits, cache = decode.prefill_jit(cfg, params, tokens, lengths, cache, all_logits=False)
+        jax.block_until_ready(logits)
+        t0 = time.perf_counter()
+        for _ in range(new):
+            logits, cache = decode.step_jit(cfg, params, cache, nxt, read_len=S)
+        jax.block_until_ready(logits)
+        return time.perf_counter() - t0
+
+    for _ in range(max(warmup, 1)):
+        run()
+    return Variant({"bench": "decode", "prompt": prompt, "new_tokens": new}, run)
+
+
+def torch_variant(mode: str, size: str, batch: int, seq: int, warmup: int) -> Variant:
+    """The PyTorch reference in a worker process (benchmarks/torch_reference.py --serve), one step per call."""
+    L, C, H, P, V = SIZES[size]
+    cmd = [sys.executable, str(REFERENCE_SCRIPT), "--serve", f"--modes={mode}", f"--layers={L}", f"--embd={C}",
+           f"--heads={H}", f"--pmem={P}", f"--vocab={V}", f"--seq={seq}", f"--batch={batch}",
+           f"--warmup={max(warmup, 1)}", f"--threads={len(os.sched_getaffinity(0))}"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    ready = json.loads(proc.stdout.readline())
+    atexit.register(proc.kill)
+
+    def run() -> float:
+        proc.stdin.write("step\n")
+        return float(proc.stdout.readline())
+
+    cfg = model_config("mosaic", size, seq, "float32", "plain", 0.0, "none")
+    return Variant({"bench": "train", "compile_s": round(ready["warmup_s"], 1), "xla_mem_gb": None,
+                    "flops_per_token": flops.train_flops_per_token(cfg, seq), "threads": ready["threads"]}, run)
+
+
+def measure_peak(dtype: str, n: int = 1024) -> float:
+    """Best FLOP/s of an n³ matmul in this process (bfloat16: bf16 operands, float32 accumulation)."""
+    dt = jnp.dtype(dtype)
+    acc = jnp.float32 if dt == jnp.bfloat16 else None
+    a = jnp.ones((n, n), dt)
+    mm = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=acc))
+    mm(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(10):
+        t0 = time.perf_counter()
+        mm(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best
+
+
+def peak_for(dtype: str, override: float, cache: dict[str, tuple[float, str]]) -> tuple[Optional[float], str]:
+    if override > 0:
+        return override * jax.device_count(), "--peak_flops"
+    if jax.devices()[0].platform != "cpu":
+        peak = flops.device_peak_flops()
+        return (None, "unknown device") if peak is None else (peak * jax.device_count(), "table (dense bf16)")
+    if dtype not in cache:
+        cache[dtype] = (measure_peak(dtype), f"measured CPU {dtype} matmul peak (best of 10, 1024³)")
+    return cache[dtype]
+
+
+def interleave(variants: Sequence[Variant], rounds: int, pause: float) -> None:
+    for _ in range(rounds):
+        for v in variants:
+            time.sleep(pause)   # let the previous variant's worker threads stop spinning (not timed)
+            t0 = time.perf_counter()
+            own = v.run()
+            v.times.append(time.perf_counter() - t0 if own is None else own)
+
+
+def finish(v: Variant, peak: tuple[Optional[float], str], load: tuple[float, float]) -> dict[str, Any]:
+    r = dict(v.row)
+    med, best = statistics.median(v.times), min(v.times)
+    if r["bench"] == "decode":
+        toks = r["B"] * r["new_tokens"]
+        r.update(decode_ms_per_token=med / r["new_tokens"] * 1e3, tokens_per_s=toks / med)
+        return r | {"rounds": len(v.times), "load_avg": load}
+    toks = r["B"] * r["T"]
+    tps = toks / med
+    r.update(step_ms=med * 1e3, step_ms_best=best * 1e3, tokens_per_s=tps, tokens_per_s_best=toks / best,
+             rounds=len(v.times), peak_flops=peak[0], peak_source=peak[1],
+             mfu=flops.mfu(tps, r["flops_per_token"], peak[0]), load_avg=load)
+    return r
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """vs_torch_eager / vs_torch_compile / vs_gpt2: tokens/s over the same-shape row of that kind, same run."""
+    def key(r: dict[str, Any]) -> tuple:
+        return (r["bench"], r["size"], r["T"], r["B"])
+    for r in rows:
+        if r["bench"] != "train" or r["impl"].startswith("torch"):
+            continue
+        for other in rows:
+            if key(other) != key(r):
+                continue
+            if other["impl"].startswith("torch-"):
+                r[f"vs_{other['impl'].replace('-', '_')}"] = r["tokens_per_s"] / other["tokens_per_s"]
+            if r["arch"] == "mosaic" and other["arch"] == "gpt2" and (other["dtype"], other["impl"]) == (r["dtype"], r["impl"]):
+                r["vs_gpt2"] = r["tokens_per_s"] / other["tokens_per_s"]
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    head = ("| device | bench | arch | size | T | B | dtype | impl | tokens/s (median) | best | step ms | MFU | "
+            "XLA mem GB | vs torch eager | vs torch compile | vs GPT-2 |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+
+    def f(x: Any, fmt: str) -> str:
+        return "" if x is None else format(x, fmt)
+    for r in rows:
+        lines.append(f"| {r['device']} | {r['bench']} | {r['arch']} | {r['size']} | {r['T']} | {r['B']} | {r['dtype']} | "
+                     f"{r['impl']} | {r['tokens_per_s']:,.0f} | {f(r.get('tokens_per_s_best'), ',.0f')} | "
+                     f"{f(r.get('step_ms'), '.0f')} | {f(r.get('mfu') and 100 * r['mfu'], '.1f')}{'%' if r.get('mfu') else ''} | "
+                     f"{f(r.get('xla_mem_gb'), '.2f')} | {f(r.get('vs_torch_eager'), '.2f')} | "
+                     f"{f(r.get('vs_torch_compile'), '.2f')} | {f(r.get('vs_gpt2'), '.2f')} |")
+    return "\n".join(lines)
+
+
+def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m mosaic_jax.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="CI smoke test: tiny model, 2 rounds, train + decode")
+    ap.add_argument("--arch", default="mosaic,gpt2", help="comma list: mosaic, gpt2")
+    ap.add_argument("--size", default="cpu", help=f"comma list of {sorted(SIZES)}")
+    ap.add_argument("--seq", default="256", help="comma list of sequence lengths")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--dtype", default="float32", help="comma list: float32, bfloat16")
+    ap.add_argument("--impl", default="fast", help="comma list: fast (config defaults: auto), plain (all dense)")
+    ap.add_argument("--remat", default="none", help="none | full | dots")
+    ap.add_argument("--dropout", type=float, default=0.0, help="ic/hd dropout (0: the reference comparison)")
+    ap.add_argument("--rounds", type=int, default=10, help="timed interleaved rounds (one step per variant each)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps per variant after compiling")
+    ap.add_argument("--pause", type=float, default=0.2, help="seconds of idle before each timed step")
+    ap.add_argument("--decode", action="store_true", help="also time decoding (prefill --seq/2, then new tokens)")
+    ap.add_argument("--decode_tokens", type=int, default=64)
+    ap.add_argument("--torch", default="", help="comma list: eager, compile (PyTorch reference rows, CPU only)")
+    ap.add_argument("--peak_flops", type=float, default=0.0, help="per-device peak FLOP/s (0: table/measured)")
+    ap.add_argument("--markdown", action="store_true", help="print a markdown table after the JSON lines")
+    ap.add_argument("--out", default="", help="also append the JSON lines to this file")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        a.size, a.seq, a.batch, a.rounds, a.warmup, a.decode = "tiny", "32", 2, min(a.rounds, 2), 1, True
+        a.decode_tokens = min(a.decode_tokens, 4)
+    return a
+
+
+def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
+    a = parse(argv)
+    lists = {k: [x for x in getattr(a, k).split(",") if x] for k in ("arch", "size", "seq", "dtype", "impl", "torch")}
+    dev = device_name()
+    variants: list[Variant] = []
+    for size in lists["size"]:
+        for seq in map(int, lists["seq"]):
+            for arch in lists["arch"]:
+                for dtype in lists["dtype"]:
+                    for impl in lists["impl"]:
+                        cfg = model_config(arch, size, seq, dtype, impl, a.dropout, a.remat)
+                        base = {"device": dev, "arch": arch, "size": size, "T": seq, "B": a.batch, "dtype": dtype,
+                                "impl": impl, "remat": a.remat, "dropout": a.dropout,
+                                "L": cfg.n_layer, "C": cfg.n_embd, "H": cfg.n_head, "V": cfg.vocab_size,
+                                "P": cfg.pmem_size if arch == "mosaic" else None}
+                        v = train_variant(cfg, a.batch, seq, a.warmup)
+                        v.row = base | v.row
+                        variants.append(v)
+                        if a.decode:
+                            d = decode_variant(cfg, a.batch, max(seq // 2, 1), a.decode_tokens, a.warmup)
+                            d.row = base | d.row
+                            variants.append(d)
+            for mode in lists["torch"]:
+                v = torch_variant(mode, size, a.batch, seq, a.warmup)
+                L, C, H, P, V = SIZES[size]
+                v.row = {"device": dev, "arch": "mosaic", "size": size, "T": seq, "B": a.batch, "dtype": "float32",
+                         "impl": f"torch-{mode}", "remat": "none", "dropout": 0.0, "L": L, "C": C, "H": H, "V": V,
+                         "P": P} | v.row
+                variants.append(v)
+    load0 = os.getloadavg()[0]
+    interleave(variants, a.rounds, a.pause)
+    load = (round(load0, 2), round(os.getloadavg()[0], 2))
+    peaks: dict[str, tuple[float, str]] = {}
+    rows = []
+    for v in variants:
+        rows.append(finish(v, peak_for(v.row["dtype"], a.peak_flops, peaks), load))
+    add_ratios(rows)
+    meta = {"jax": jax.__version__, "backend": jax.default_backend(), "cmd": "python -m mosaic_jax.bench " +
+            " ".join(argv if argv is not None else sys.argv[1:])}
+    out = open(a.out, "a") if a.out else None
+    for r in rows:
+        line = json.dumps(r | meta, default=float)
+        print(line, flush=True)
+        if out:
+            out.write(line + "\n")
+    if out:
+        out.close()
+    if a.markdown:
+        print(markdown(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
