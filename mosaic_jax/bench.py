@@ -12,8 +12,9 @@ median (and best) step time. On a shared machine compare rows of one run only. `
 reference (benchmarks/torch_reference.py, needs torch) to the same rounds.
 
 MFU = train_flops_per_token (flops.py: 3 × forward matmul FLOPs, full T×T, remat excluded) × tokens/s ÷ peak.
-The peak is the table value on accelerators, and on CPU the best measured matmul rate of this process in the
-row's compute dtype (bfloat16 operands with float32 accumulation for bfloat16), unless --peak_flops is given.
+The peak is the table value on accelerators, and on CPU the best matmul rate (1024³) measured in every round of
+this run in the row's compute dtype (bfloat16 operands with float32 accumulation for bfloat16), unless
+--peak_flops is given.
 Memory: XLA's compiled footprint (arguments + outputs + temporaries − aliased), and the device's peak bytes in
 use where the backend reports it (GPU).
 """
@@ -172,31 +173,34 @@ def measure_peak(dtype: str, n: int = 1024) -> float:
     mm = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=acc))
     mm(a, a).block_until_ready()
     best = float("inf")
-    for _ in range(10):
+    for _ in range(5):
         t0 = time.perf_counter()
         mm(a, a).block_until_ready()
         best = min(best, time.perf_counter() - t0)
     return 2.0 * n ** 3 / best
 
 
-def peak_for(dtype: str, override: float, cache: dict[str, tuple[float, str]]) -> tuple[Optional[float], str]:
+def peak_for(dtype: str, override: float, cpu_peaks: dict[str, float]) -> tuple[Optional[float], str]:
     if override > 0:
         return override * jax.device_count(), "--peak_flops"
     if jax.devices()[0].platform != "cpu":
         peak = flops.device_peak_flops()
         return (None, "unknown device") if peak is None else (peak * jax.device_count(), "table (dense bf16)")
-    if dtype not in cache:
-        cache[dtype] = (measure_peak(dtype), f"measured CPU {dtype} matmul peak (best of 10, 1024³)")
-    return cache[dtype]
+    return cpu_peaks[dtype], f"measured CPU {dtype} matmul peak (1024³, best over the rounds)"
 
 
-def interleave(variants: Sequence[Variant], rounds: int, pause: float) -> None:
+def interleave(variants: Sequence[Variant], rounds: int, pause: float, cpu_peaks: dict[str, float]) -> None:
+    """One step of every variant per round; on CPU the matmul peak of each dtype is measured in every round
+    too (its best is kept), so that MFU is taken against the same machine state as the steps."""
     for _ in range(rounds):
         for v in variants:
             time.sleep(pause)   # let the previous variant's worker threads stop spinning (not timed)
             t0 = time.perf_counter()
             own = v.run()
             v.times.append(time.perf_counter() - t0 if own is None else own)
+        for dtype in cpu_peaks:
+            time.sleep(pause)
+            cpu_peaks[dtype] = max(cpu_peaks[dtype], measure_peak(dtype))
 
 
 def finish(v: Variant, peak: tuple[Optional[float], str], load: tuple[float, float]) -> dict[str, Any]:
@@ -304,12 +308,11 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
                          "P": P} | v.row
                 variants.append(v)
     load0 = os.getloadavg()[0]
-    interleave(variants, a.rounds, a.pause)
+    cpu = jax.devices()[0].platform == "cpu" and a.peak_flops <= 0
+    peaks = {v.row["dtype"]: 0.0 for v in variants} if cpu else {}
+    interleave(variants, a.rounds, a.pause, peaks)
     load = (round(load0, 2), round(os.getloadavg()[0], 2))
-    peaks: dict[str, tuple[float, str]] = {}
-    rows = []
-    for v in variants:
-        rows.append(finish(v, peak_for(v.row["dtype"], a.peak_flops, peaks), load))
+    rows = [finish(v, peak_for(v.row["dtype"], a.peak_flops, peaks), load) for v in variants]
     add_ratios(rows)
     meta = {"jax": jax.__version__, "backend": jax.default_backend(), "cmd": "python -m mosaic_jax.bench " +
             " ".join(argv if argv is not None else sys.argv[1:])}

@@ -35,7 +35,7 @@ class ModelConfig:
     cmem_impl: str = "auto"        # "dense" | "flash" | "fused" | "auto" (see memory.contextual_retrieval)
     pmem_impl: str = "auto"        # "dense" | "flash" | "fused" | "auto" (see memory.persistent_retrieval)
     loss_impl: str = "auto"        # tied head + cross-entropy: "dense" | "fused" | "auto" (see model.loss_sum)
-    proj_impl: str = "auto"        # projections: "dense" (einsum) | "fused" (kernels.matmul) | "auto" (CPU: fused)
+    proj_impl: str = "auto"        # projections: "dense" (einsum) | "fused" (fused.matmul) | "auto" (CPU: fused)
     scan_layers: bool = True       # lax.scan over stacked layers (fast compile) or an unrolled loop
     remat: str = "none"            # "none" | "full" | "dots" (jax.checkpoint policy per block)
     # --- Memory Mosaics v2 (arch="mosaic_v2", spec §5, docs/v2.md); ignored by the other architectures ---

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mosaic_jax import kernels, memory
+from mosaic_jax import fused, memory
 from mosaic_jax.config import ModelConfig
 
 Array = jax.Array
@@ -65,7 +65,7 @@ class LayerNorm(nn.Module):
 
 
 def fused_projections(cfg: ModelConfig) -> bool:
-    """cfg.proj_impl: project with kernels.matmul (float32 accumulation, hand-written VJP); auto: on CPU."""
+    """cfg.proj_impl: project with fused.matmul (float32 accumulation, hand-written VJP); auto: on CPU."""
     return cfg.proj_impl == "fused" or (cfg.proj_impl == "auto" and jax.default_backend() == "cpu")
 
 
@@ -87,7 +87,7 @@ class KeyFeatures(nn.Module):
         w = param(self, "wk", normal(1 / math.sqrt(C * K)), (K, C, H, D), ("conv", "embed", "heads", "head_dim"))
         b = param(self, "bk", nn.initializers.zeros, (H, D), ("heads", "head_dim")) if c.bias else None
         if K == 1 and fused_projections(c):
-            k = kernels.project(h_BTC, w[0], 1)
+            k = fused.project(h_BTC, w[0], 1)
             return k if b is None else k + b.astype(k.dtype)
         return memory.causal_conv_features(h_BTC, w, b)
 
@@ -102,7 +102,7 @@ class OutProjection(nn.Module):
         std = 1 / math.sqrt(c.n_embd) / math.sqrt(c.n_layer)
         w = param(self, "wo", normal(std), (c.n_head, c.head_dim, c.n_embd), ("heads", "head_dim", "embed"))
         if fused_projections(c):
-            out = kernels.project(y_BTHD, w, 2)
+            out = fused.project(y_BTHD, w, 2)
         else:
             out = jnp.einsum("bthd,hdc->btc", y_BTHD, w.astype(y_BTHD.dtype))
         if c.bias:
@@ -132,7 +132,7 @@ class ContextualMemory(nn.Module):
         wv = param(self, "wv", normal(1 / math.sqrt(C)), (C, H, D), ("embed", "heads", "head_dim"))
         kt = KeyFeatures(c, name="k_features")(h_BTC)
         if fused_projections(c):
-            vt = kernels.project(h_BTC, wv, 1)
+            vt = fused.project(h_BTC, wv, 1)
         else:
             vt = jnp.einsum("btc,chd->bthd", h_BTC, wv.astype(h_BTC.dtype))
         if c.bias:

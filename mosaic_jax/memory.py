@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mosaic_jax import kernels
+from mosaic_jax import fused, kernels
 
 Array = jax.Array
 EXP_PARAM_SCALE = 10.0   # the reference's `exp_param_scale`: a learning-rate multiplier in disguise
@@ -73,8 +73,8 @@ def leaky_average_matrix(x_BTHD: Array, lam_H: Array) -> Array:
 
 def leaky_average_scan(x_BTHD: Array, lam_H: Array) -> Array:
     """Associative scan of the recurrence s_t = a·s_{t−1} + x_t: O(T·D) work, O(log T) depth; the backward
-    pass is written out (kernels.leaky_scan)."""
-    return kernels.leaky_scan(x_BTHD, lam_H)
+    pass is written out (fused.leaky_scan)."""
+    return fused.leaky_scan(x_BTHD, lam_H)
 
 
 def leaky_average_chunked(x_BTHD: Array, lam_H: Array, chunk: int = 64) -> Array:

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mosaic_jax import kernels
+from mosaic_jax import fused
 from mosaic_jax.config import ModelConfig
 from mosaic_jax.gpt2 import GPT2_STD, GPT2Block
 from mosaic_jax.layers import DEFAULT_FNS, LayerNorm, MemoryFns, MosaicBlock, normal, param
@@ -148,7 +148,7 @@ def loss_sum(cfg: ModelConfig, params: Params, tokens_BT: Array, targets_BT: Arr
     """(sum of token losses, number of counted tokens) = cross_entropy(apply(...), targets).
 
     cfg.loss_impl "fused" (or "auto" on CPU) computes the tied head and the cross-entropy in chunks of tokens
-    with a hand-written VJP (kernels.head_cross_entropy): the (B, T, V) logits are never stored.
+    with a hand-written VJP (fused.head_cross_entropy): the (B, T, V) logits are never stored.
     """
     impl = cfg.loss_impl
     if impl == "auto":
@@ -163,7 +163,7 @@ def loss_sum(cfg: ModelConfig, params: Params, tokens_BT: Array, targets_BT: Arr
     scale = 1 / math.sqrt(cfg.n_embd) if cfg.arch == "mosaic" else 1.0
     B, T, C = x_BTC.shape
     targets_M = jnp.asarray(targets_BT).reshape(B * T)
-    total = kernels.head_cross_entropy(x_BTC.reshape(B * T, C), head_VC, targets_M, scale)
+    total = fused.head_cross_entropy(x_BTC.reshape(B * T, C), head_VC, targets_M, scale)
     return total, jnp.sum(targets_M != IGNORE_INDEX)
 
 

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import mosaic_jax as mj
-from mosaic_jax import kernels, memory, model, train_step
+from mosaic_jax import fused, kernels, memory, model, train_step
 from mosaic_jax.config import ModelConfig
 
 TINY = dict(vocab_size=96, n_layer=2, n_embd=64, n_head=4, pmem_size=56, block_size=32)
@@ -43,11 +43,11 @@ def test_persistent_fused_equals_dense(B: int, T: int, H: int, D: int, P: int, N
     mk, mv = rand(1, N, H, P, D), rand(2, N, H, P, D)
     dense = lambda q, mk, mv: memory.persistent_retrieval(q, mk, mv, impl="dense")
     if chunk:   # an explicit chunk that does not divide B·T: padded rows must not leak into the gradients
-        fused = lambda q, mk, mv: kernels.persistent_read(q, mk[0], mv[0], chunk)
+        fast = lambda q, mk, mv: kernels.persistent_read(q, mk[0], mv[0], chunk)
         assert (B * T) % chunk
     else:
-        fused = lambda q, mk, mv: memory.persistent_retrieval(q, mk, mv, impl="fused")
-    assert_same_value_and_grads(fused, dense, (q, mk, mv))
+        fast = lambda q, mk, mv: memory.persistent_retrieval(q, mk, mv, impl="fused")
+    assert_same_value_and_grads(fast, dense, (q, mk, mv))
 
 
 def test_persistent_flash_equals_dense() -> None:
@@ -71,10 +71,10 @@ def test_persistent_bfloat16_fused_stays_close() -> None:
 def test_contextual_fused_equals_dense(B: int, T: int, H: int, D: int, group: int) -> None:
     k = memory.l2_normalize(rand(10, B, T, H, D)) * 2.5      # keys as the model makes them: β = 6.25
     v = rand(11, B, T, H, D)
-    fused = ((lambda k, v: kernels.contextual_read(k, v, group)) if group else
-             (lambda k, v: memory.contextual_retrieval(k, v, impl="fused")))
-    assert_same_value_and_grads(fused, lambda k, v: memory.contextual_retrieval(k, v, impl="dense"), (k, v))
-    assert np.all(np.asarray(fused(k, v)[:, 0]) == 0.0)     # row 0 reads nothing: exactly 0
+    fast = ((lambda k, v: kernels.contextual_read(k, v, group)) if group else
+            (lambda k, v: memory.contextual_retrieval(k, v, impl="fused")))
+    assert_same_value_and_grads(fast, lambda k, v: memory.contextual_retrieval(k, v, impl="dense"), (k, v))
+    assert np.all(np.asarray(fast(k, v)[:, 0]) == 0.0)     # row 0 reads nothing: exactly 0
 
 
 def test_contextual_flash_gradients_equal_dense() -> None:
@@ -147,9 +147,9 @@ def test_head_cross_entropy_equals_dense(M: int, C: int, V: int, chunk: int) -> 
     x, e = rand(20, M, C), rand(21, V, C)
     t = jax.random.randint(jax.random.key(22), (M,), -1, V)     # includes ignored (-1) targets
     scale = 0.7
-    fused = lambda x, e: kernels.head_cross_entropy(x, e, t, scale, chunk)
+    fast = lambda x, e: fused.head_cross_entropy(x, e, t, scale, chunk)
     dense = lambda x, e: model.cross_entropy(jnp.einsum("mc,vc->mv", x, e) * scale, t)[0]
-    assert_same_value_and_grads(fused, dense, (x, e), rtol=2e-5, atol=2e-5)
+    assert_same_value_and_grads(fast, dense, (x, e), rtol=2e-5, atol=2e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -227,8 +227,8 @@ def test_bfloat16_kernels_compile_and_differentiate_under_jit(rows: int) -> None
     t = jnp.arange(rows) % 96
     fns = {"pmem": (lambda q, mk, mv: kernels.persistent_read(q, mk, mv, 0, jnp.uint32(1), 0.1), (q, mk, mv)),
            "cmem": (lambda k, v: kernels.contextual_read(k, v, 0, jnp.uint32(1), 0.1), (k, v)),
-           "ce": (lambda x, e: kernels.head_cross_entropy(x, e, t, 0.25), (x, e)),
-           "matmul": (kernels.matmul, (x, w))}
+           "ce": (lambda x, e: fused.head_cross_entropy(x, e, t, 0.25), (x, e)),
+           "matmul": (fused.matmul, (x, w))}
     for name, (f, args) in fns.items():
         loss = lambda *a: jnp.sum(f(*a).astype(jnp.float32))
         grads = jax.jit(jax.grad(loss, argnums=tuple(range(len(args)))))(*args)
