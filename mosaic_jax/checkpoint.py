@@ -8,6 +8,7 @@ seed and tokenizer hash, so a resume replays exactly the batches an uninterrupte
 Restore targets are ShapeDtypeStructs carrying the CURRENT mesh's shardings (`train_state.with_shardings`):
 Orbax reads each shard straight into the new layout, so a run can resume on another mesh shape. The sharding
 metadata saved in the checkpoint is deliberately ignored (orbax #648, #2408).
+`load_exported` without a target does the same with one device: shapes come from the export's metadata.
 """
 from __future__ import annotations
 
@@ -125,10 +126,34 @@ def export_params(directory: str | pathlib.Path, params: Any, model_config: Mapp
     return directory
 
 
+def single_device_target(params_dir: str | pathlib.Path) -> Any:
+    """Abstract params (ShapeDtypeStructs on this process's first device) read from a saved tree's metadata.
+
+    Why: restoring without a target reuses the SAVED shardings, which name devices that need not exist here
+    (an export written on 8 devices, loaded on 1 fails with "Topology mismatch")."""
+    params_dir = pathlib.Path(params_dir)
+    try:
+        tree = ocp.StandardCheckpointer().metadata(params_dir).item_metadata.tree
+    except Exception as e:  # noqa: BLE001 - missing folder, not an Orbax tree, unreadable metadata
+        raise CheckpointError(f"{params_dir}: cannot read the saved params' metadata "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def leaf(m: Any) -> jax.ShapeDtypeStruct:
+        if getattr(m, "shape", None) is None or getattr(m, "dtype", None) is None:
+            raise CheckpointError(f"{params_dir}: saved leaf {m!r} is not an array")
+        return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device)
+
+    return jax.tree.map(leaf, tree)
+
+
 def load_exported(directory: str | pathlib.Path, target: Any = None) -> tuple[dict[str, Any], Any]:
-    """(model config dict, params) from `export_params`; `target` (abstract params with shardings) optional."""
+    """(model config dict, params) from `export_params`. `target` (abstract params with shardings) lays them out
+    on a mesh; without it they land on this process's first device, whatever mesh wrote them."""
     import json
     directory = pathlib.Path(directory).absolute()
     cfg = json.loads((directory / "model_config.json").read_text())
+    if target is None:
+        target = single_device_target(directory / "params")
     params = ocp.StandardCheckpointer().restore(directory / "params", target)
     return cfg, params

@@ -1,5 +1,8 @@
 """Orbax checkpoints: round trip, restore onto another mesh, fallback past a broken checkpoint, hash check, export."""
 import logging
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -7,6 +10,7 @@ import pytest
 
 from mosaic_jax import checkpoint, model, optim, sharding, train_state
 from mosaic_jax.config import ModelConfig
+from tests.conftest import REPO
 
 CFG = ModelConfig(arch="gpt2", n_layer=2, n_embd=32, n_head=4, vocab_size=64, block_size=16)
 OPT = optim.OptimConfig(lr=1e-3, warmup_steps=0, decay_steps=10)
@@ -106,3 +110,51 @@ def test_params_export_round_trip(tmp_path, host_state):
     cfg, params = checkpoint.load_exported(tmp_path / "export")
     assert ModelConfig.from_dict(cfg) == CFG
     _assert_equal(params, host_state.params)
+
+
+_EXPORT_4 = """
+import sys, jax, numpy as np
+from mosaic_jax import checkpoint, sharding
+from tests.test_checkpoint import CFG, TX, _on_mesh
+from mosaic_jax import train_state
+assert len(jax.devices()) == 4
+state, _ = _on_mesh(jax.device_get(train_state.init_state(CFG, TX, seed=5)), (2, 2, 1))
+assert any(len(x.sharding.device_set) > 1 for x in jax.tree.leaves(state.params))   # really spread out
+checkpoint.export_params(sys.argv[1], state.params, CFG.to_dict())
+np.savez(sys.argv[2], **{jax.tree_util.keystr(k): np.asarray(v)
+                         for k, v in jax.tree_util.tree_flatten_with_path(state.params)[0]})
+"""
+
+_LOAD_1 = """
+import sys, jax, numpy as np
+from mosaic_jax import checkpoint
+assert len(jax.devices()) == 1
+_, params = checkpoint.load_exported(sys.argv[1])
+assert all(x.sharding == jax.sharding.SingleDeviceSharding(jax.devices()[0]) for x in jax.tree.leaves(params))
+np.savez(sys.argv[2], **{jax.tree_util.keystr(k): np.asarray(v)
+                         for k, v in jax.tree_util.tree_flatten_with_path(params)[0]})
+"""
+
+
+def _run(code: str, devices: int, *args: str) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    res = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_export_from_4_devices_loads_without_target_on_1(tmp_path):
+    """The saved shardings name 4 devices; a 1-device process must still load the export (no target given)."""
+    _run(_EXPORT_4, 4, str(tmp_path / "export"), str(tmp_path / "saved.npz"))
+    _run(_LOAD_1, 1, str(tmp_path / "export"), str(tmp_path / "loaded.npz"))
+    saved, loaded = np.load(tmp_path / "saved.npz"), np.load(tmp_path / "loaded.npz")
+    assert sorted(saved.files) == sorted(loaded.files) and saved.files
+    for k in saved.files:
+        np.testing.assert_array_equal(loaded[k], saved[k], err_msg=k)
+
+
+def test_load_exported_without_params_names_the_folder(tmp_path):
+    (tmp_path / "model_config.json").write_text("{}")
+    with pytest.raises(checkpoint.CheckpointError, match=str(tmp_path / "params")):
+        checkpoint.load_exported(tmp_path)
