@@ -16,6 +16,9 @@ P slots per head and N slot tables:
       qkv 6C², out 2C², MLP 16C², scores 2TC, A·v 2TC
   both: tied head 2CV. (Input embedding lookups are gathers: 0 FLOPs.)
 With P = 3.5C, K = N = 1 the two have identical FLOPs and parameters per layer.
+  memory mosaic v2: `v2_counts.forward_flops_per_token` (projections, SwiGLU FFN, head, and the memory reads
+      over the pairs each query actually reads: a short window and a long memory past the skip, averaged over
+      positions, as the v2 paper counts them; `causal_halving` does not apply).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from mosaic_jax import v2_counts
 from mosaic_jax.config import ModelConfig
 
 FORMULA_VERSION = "v1: 3x forward matmul FLOPs, no causal halving, remat excluded"
@@ -51,6 +55,8 @@ PEAK_FLOPS: tuple[tuple[str, float], ...] = (
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int, causal_halving: bool = False) -> float:
     """Matmul FLOPs of one forward pass, per token, at context length `seq_len` (see the module docstring)."""
     L, C, V, T = cfg.n_layer, cfg.n_embd, cfg.vocab_size, seq_len
+    if cfg.arch == "mosaic_v2":
+        return v2_counts.forward_flops_per_token(cfg, T)["total"]
     context = 4 * T * C * (0.5 if causal_halving else 1.0)
     if cfg.arch == "mosaic":
         K, N, P = cfg.k_kernel_size, cfg.pmem_count, cfg.pmem_size

@@ -76,3 +76,19 @@ def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
 
 def test_measure_cpu_peak_is_positive():
     assert flops.measure_cpu_peak("float32", n=128, repeats=2) > 0
+
+
+def test_v2_formula_vs_xla_cost_analysis():
+    """v2 counts the pairs each query reads; at a short context the reads are a few % of the step either way."""
+    from mosaic_jax import v2_counts
+    T, B = 16, 2
+    cfg = v2_counts.v2_small().replace(n_layer=2, n_embd=256, n_head=4, ffn_hidden=768, vocab_size=1024, block_size=T,
+                                       scan_layers=False)
+    params = jax.eval_shape(lambda: model.init_params(cfg, jax.random.PRNGKey(0)))
+    tokens = jax.ShapeDtypeStruct((B, T), jnp.int32)
+    cost = jax.jit(lambda p, x: model.loss_fn(cfg, p, x, x)).lower(params, tokens).compile().cost_analysis()
+    xla = (cost[0] if isinstance(cost, list) else cost)["flops"] / (B * T)
+    ours = flops.forward_flops_per_token(cfg, T)
+    assert ours == v2_counts.forward_flops_per_token(cfg, T)["total"]
+    assert ours != flops.forward_flops_per_token(cfg.replace(arch="gpt2"), T)   # not the GPT-2 branch
+    assert xla == pytest.approx(ours, rel=0.05)
