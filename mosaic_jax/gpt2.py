@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mosaic_jax import memory
 from mosaic_jax.config import ModelConfig
 from mosaic_jax.layers import LayerNorm, dropout, normal, param
 
@@ -25,7 +26,9 @@ def causal_attention(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, *, dropout_rat
     D = q_BTHD.shape[-1]
     T = q_BTHD.shape[1]
     if (dropout_rng is None or dropout_rate == 0.0) and segment_ids_BT is None:
-        return jax.nn.dot_product_attention(q_BTHD, k_BTHD, v_BTHD, is_causal=True)
+        # same backend rule as the memory reads (cuDNN flash on GPU for bf16/f16), so comparisons are like for like
+        return jax.nn.dot_product_attention(q_BTHD, k_BTHD, v_BTHD, is_causal=True,
+                                            implementation=memory.attention_backend(q_BTHD.dtype, D))
     s = jnp.einsum("bthd,bshd->bhts", q_BTHD, k_BTHD, preferred_element_type=jnp.float32) / math.sqrt(D)
     allowed = (jnp.arange(T)[None, :] <= jnp.arange(T)[:, None])[None, None]
     if segment_ids_BT is not None:
