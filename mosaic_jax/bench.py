@@ -36,7 +36,7 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from mosaic_jax import flops, model, optim, train_state, train_step
+from mosaic_jax import bench_report, flops, model, optim, train_state, train_step
 from mosaic_jax.config import ModelConfig
 
 # name -> (n_layer, n_embd, n_head, pmem_size, vocab_size); P = 3.5·C gives the GPT-2 layer's FLOPs/params
@@ -83,9 +83,14 @@ def model_config(arch: str, size: str, seq: int, dtype: str, impl: str, dropout:
         raise ValueError(f"--impl {impl!r}: must start with 'fast' or 'plain'")
     cfg = cfg.replace(**PLAIN) if base == "plain" else cfg
     for item in overrides:
-        name, value = item.split("=", 1)
+        name, _, value = item.partition("=")
+        if not hasattr(cfg, name) or not _:
+            raise ValueError(f"--impl {impl!r}: {item!r} is not field=value for a ModelConfig field")
         default = getattr(cfg, name)
-        cfg = cfg.replace(**{name: (value == "True") if isinstance(default, bool) else type(default)(value)})
+        try:
+            cfg = cfg.replace(**{name: (value == "True") if isinstance(default, bool) else type(default)(value)})
+        except ValueError as e:
+            raise ValueError(f"--impl {impl!r}: {item!r}: {e}") from None
     return cfg
 
 
@@ -192,7 +197,12 @@ def peak_for(dtype: str, override: float, cpu_peaks: dict[str, float]) -> tuple[
 def interleave(variants: Sequence[Variant], rounds: int, pause: float, cpu_peaks: dict[str, float]) -> None:
     """One step of every variant per round; on CPU the matmul peak of each dtype is measured in every round
     too (its best is kept), so that MFU is taken against the same machine state as the steps."""
-    for _ in range(rounds):
+    t_start = time.perf_counter()
+    for i in range(rounds):
+        if i:
+            spent = time.perf_counter() - t_start
+            print(f"[bench] round {i + 1}/{rounds}  {spent:.0f}s elapsed, ETA {spent / i * (rounds - i):.0f}s",
+                  file=sys.stderr, flush=True)
         for v in variants:
             time.sleep(pause)   # let the previous variant's worker threads stop spinning (not timed)
             t0 = time.perf_counter()
@@ -218,38 +228,6 @@ def finish(v: Variant, peak: tuple[Optional[float], str], load: tuple[float, flo
     return r
 
 
-def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """vs_torch_eager / vs_torch_compile / vs_gpt2: tokens/s over the same-shape row of that kind, same run."""
-    def key(r: dict[str, Any]) -> tuple:
-        return (r["bench"], r["size"], r["T"], r["B"])
-    for r in rows:
-        if r["bench"] != "train" or r["impl"].startswith("torch"):
-            continue
-        for other in rows:
-            if key(other) != key(r):
-                continue
-            if other["impl"].startswith("torch-"):
-                r[f"vs_{other['impl'].replace('-', '_')}"] = r["tokens_per_s"] / other["tokens_per_s"]
-            if r["arch"] == "mosaic" and other["arch"] == "gpt2" and (other["dtype"], other["impl"]) == (r["dtype"], r["impl"]):
-                r["vs_gpt2"] = r["tokens_per_s"] / other["tokens_per_s"]
-
-
-def markdown(rows: list[dict[str, Any]]) -> str:
-    head = ("| device | bench | arch | size | T | B | dtype | impl | tokens/s (median) | best | step ms | MFU | "
-            "XLA mem GB | vs torch eager | vs torch compile | vs GPT-2 |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-
-    def f(x: Any, fmt: str) -> str:
-        return "" if x is None else format(x, fmt)
-    for r in rows:
-        lines.append(f"| {r['device']} | {r['bench']} | {r['arch']} | {r['size']} | {r['T']} | {r['B']} | {r['dtype']} | "
-                     f"{r['impl']} | {r['tokens_per_s']:,.0f} | {f(r.get('tokens_per_s_best'), ',.0f')} | "
-                     f"{f(r.get('step_ms'), '.0f')} | {f(r.get('mfu') and 100 * r['mfu'], '.1f')}{'%' if r.get('mfu') else ''} | "
-                     f"{f(r.get('xla_mem_gb'), '.2f')} | {f(r.get('vs_torch_eager'), '.2f')} | "
-                     f"{f(r.get('vs_torch_compile'), '.2f')} | {f(r.get('vs_gpt2'), '.2f')} |")
-    return "\n".join(lines)
-
-
 def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m mosaic_jax.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -271,11 +249,36 @@ def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     ap.add_argument("--peak_flops", type=float, default=0.0, help="per-device peak FLOP/s (0: table/measured)")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table after the JSON lines")
     ap.add_argument("--out", default="", help="also append the JSON lines to this file")
+    ap.add_argument("--plot", default="", help="also write a PNG bar chart of training tokens/s to this path")
     a = ap.parse_args(argv)
     if a.smoke:
         a.size, a.seq, a.batch, a.rounds, a.warmup, a.decode = "tiny", "32", 2, min(a.rounds, 2), 1, True
         a.decode_tokens = min(a.decode_tokens, 4)
+    try:
+        check_args(a)
+    except ValueError as e:
+        ap.error(str(e))    # one line, exit status 2, before anything is compiled
     return a
+
+
+CHOICES = {"arch": ("mosaic", "gpt2"), "dtype": ("float32", "bfloat16"), "torch": ("eager", "compile")}
+
+
+def check_args(a: argparse.Namespace) -> None:
+    """Every comma-list value is one the harness knows, so a typo fails now, not after minutes of compiling."""
+    for name, allowed in CHOICES.items() | {("size", tuple(SIZES))}:
+        for x in getattr(a, name).split(","):
+            if x and x not in allowed:
+                raise ValueError(f"--{name}={x!r}: must be one of {', '.join(allowed)}")
+    for x in a.seq.split(","):
+        if not x.isdigit() or int(x) < 2:
+            raise ValueError(f"--seq={x!r}: must be an integer >= 2")
+    for impl in filter(None, a.impl.split(",")):
+        model_config("mosaic", "tiny", 32, "float32", impl, 0.0, "none")   # raises on a bad base or field
+    if a.torch and not REFERENCE_SCRIPT.exists():
+        raise ValueError(f"--torch needs {REFERENCE_SCRIPT} (a source checkout)")
+    if a.rounds < 1 or a.batch < 1:
+        raise ValueError(f"--rounds={a.rounds} and --batch={a.batch} must be >= 1")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
@@ -293,7 +296,10 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
                                 "impl": impl, "remat": a.remat, "dropout": a.dropout,
                                 "L": cfg.n_layer, "C": cfg.n_embd, "H": cfg.n_head, "V": cfg.vocab_size,
                                 "P": cfg.pmem_size if arch == "mosaic" else None}
+                        t0 = time.perf_counter()
                         v = train_variant(cfg, a.batch, seq, a.warmup)
+                        print(f"[bench] set up {arch} {size} T{seq} {dtype} {impl}: compiled and warmed in "
+                              f"{time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
                         v.row = base | v.row
                         variants.append(v)
                         if a.decode:
@@ -313,7 +319,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     interleave(variants, a.rounds, a.pause, peaks)
     load = (round(load0, 2), round(os.getloadavg()[0], 2))
     rows = [finish(v, peak_for(v.row["dtype"], a.peak_flops, peaks), load) for v in variants]
-    add_ratios(rows)
+    bench_report.add_ratios(rows)
     meta = {"jax": jax.__version__, "backend": jax.default_backend(), "cmd": "python -m mosaic_jax.bench " +
             " ".join(argv if argv is not None else sys.argv[1:])}
     out = open(a.out, "a") if a.out else None
@@ -325,7 +331,9 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     if out:
         out.close()
     if a.markdown:
-        print(markdown(rows))
+        print(bench_report.markdown(rows))
+    if a.plot:
+        print(f"[bench] plot: {bench_report.plot(rows, a.plot)}", file=sys.stderr)
     return rows
 
 
