@@ -12,8 +12,11 @@ metadata saved in the checkpoint is deliberately ignored (orbax #648, #2408).
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import pathlib
+import shutil
 import time
 from typing import Any, Mapping, Optional
 
@@ -21,6 +24,8 @@ import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+
+TOKENIZER_DIR = "tokenizer"   # workdir/tokenizer/: the run's own copy of its tokenizer (save_tokenizer)
 
 
 class CheckpointError(RuntimeError):
@@ -115,7 +120,6 @@ def check_data_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], 
 
 def export_params(directory: str | pathlib.Path, params: Any, model_config: Mapping[str, Any]) -> pathlib.Path:
     """Params-only export (no optimizer state): `directory/params` (Orbax) + `directory/model_config.json`."""
-    import json
     directory = pathlib.Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     ckptr = ocp.StandardCheckpointer()
@@ -150,10 +154,53 @@ def single_device_target(params_dir: str | pathlib.Path) -> Any:
 def load_exported(directory: str | pathlib.Path, target: Any = None) -> tuple[dict[str, Any], Any]:
     """(model config dict, params) from `export_params`. `target` (abstract params with shardings) lays them out
     on a mesh; without it they land on this process's first device, whatever mesh wrote them."""
-    import json
     directory = pathlib.Path(directory).absolute()
     cfg = json.loads((directory / "model_config.json").read_text())
     if target is None:
         target = single_device_target(directory / "params")
     params = ocp.StandardCheckpointer().restore(directory / "params", target)
     return cfg, params
+
+
+def save_tokenizer(data_path: str | pathlib.Path, workdir: str | pathlib.Path) -> Optional[pathlib.Path]:
+    """Copy the prepared data folder's tokenizer into `workdir/tokenizer/` (its manifest's `tokenizer` section
+    as `manifest.json`, plus the sentencepiece model file if any), so the run stays usable for inference when
+    the data folder moves. `load_tokenizer(workdir/tokenizer)` loads it like the data folder itself.
+
+    An existing copy of the same tokenizer (same hash) is kept; a different one is never overwritten (a warning,
+    None). Returns the folder, or None when nothing usable was written (a failed copy must not stop training)."""
+    from mosaic_jax.data.tokenizers import MANIFEST_FILE
+
+    src, dest = pathlib.Path(data_path).absolute(), pathlib.Path(workdir).absolute() / TOKENIZER_DIR
+    try:
+        info = json.loads((src / MANIFEST_FILE).read_text())["tokenizer"]
+        want = str(info["hash"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("%s: cannot read field tokenizer.hash (%s); the run keeps no copy of its tokenizer",
+                    src / MANIFEST_FILE, e)
+        return None
+    if dest.exists():
+        try:
+            have = str(json.loads((dest / MANIFEST_FILE).read_text())["tokenizer"]["hash"])
+        except (OSError, ValueError, KeyError, TypeError):
+            have = "unreadable"
+        if have == want:
+            return dest
+        log.warning("%s holds another tokenizer (hash %s, the data's is %s); left as it is", dest, have[:12], want[:12])
+        return None
+    tmp = dest.with_name(f".{TOKENIZER_DIR}.tmp-{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if info.get("file"):
+            name = pathlib.Path(str(info["file"])).name   # a plain file name: never write outside the folder
+            shutil.copy2(src / str(info["file"]), tmp / name)
+            info = {**info, "file": name}
+        manifest = {"tokenizer": info, "copied_from": str(src)}
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
+        tmp.rename(dest)   # readers see the whole copy or none of it
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.warning("could not copy the tokenizer of %s to %s (%s)", src, dest, e)
+        return None
+    return dest

@@ -7,7 +7,8 @@
 `load_for_inference(workdir)` reads what `python -m mosaic_jax.train` writes: the newest finalised
 `checkpoints/<step>/` (params only, restored onto one device; its `config` item gives the ModelConfig and its
 `data` item the tokenizer's data folder and hash), or else `export/` (params + model_config.json) with the data
-path from `config.json`. The tokenizer is loaded from the prepared-data folder the run trained on (or `--tokenizer`).
+path from `config.json`. The tokenizer is `--tokenizer` if given, else the prepared-data folder the run trained on,
+else the copy training keeps in `workdir/tokenizer/` (the data folder moved); the checkpoint's hash must match.
 """
 from __future__ import annotations
 
@@ -68,8 +69,6 @@ def _restore_params(path: pathlib.Path, cfg: ModelConfig, in_state: bool) -> Any
 def load_for_inference(workdir: str, step: Optional[int] = None, tokenizer: Optional[str] = None
                        ) -> tuple[ModelConfig, Any, Any]:
     """(ModelConfig, params, tokenizer) from a training workdir (see the module docstring)."""
-    from mosaic_jax.data.tokenizers import load_tokenizer
-
     wd = pathlib.Path(workdir)
     if not wd.is_dir():
         raise InferenceLoadError(f"--workdir={workdir}: no such folder")
@@ -89,23 +88,51 @@ def load_for_inference(workdir: str, step: Optional[int] = None, tokenizer: Opti
         params = _restore_params(export / "params", cfg, in_state=False)
     else:
         raise InferenceLoadError(f"{wd}: no checkpoints/<step>/ and no export/ (train with python -m mosaic_jax.train)")
-    if tokenizer is None:
-        run_cfg = _read_json(wd / "config.json") if (wd / "config.json").is_file() else {}
-        tokenizer = data_meta.get("path") or run_cfg.get("data", {}).get("path")
-        if not tokenizer:
-            raise InferenceLoadError(f"{wd}: cannot tell which tokenizer the run used; pass --tokenizer=SPEC")
-        if not pathlib.Path(tokenizer).exists() and tokenizer not in ("byte", "gpt2"):
-            raise InferenceLoadError(f"the run's data folder {tokenizer} is gone; pass --tokenizer=SPEC "
-                                     "(its prepared-data folder or sentencepiece .model)")
+    want = data_meta.get("tokenizer_hash")
+    if tokenizer is not None:
+        tok = _load_tokenizer(tokenizer)
+        if want and tok.hash != want:
+            raise InferenceLoadError(f"tokenizer {tokenizer} (hash {tok.hash[:12]}) is not the one the checkpoint "
+                                     f"was trained with (hash {want[:12]})")
+        return cfg, params, tok
+    return cfg, params, _run_tokenizer(wd, data_meta)
+
+
+def _load_tokenizer(spec: str) -> Any:
+    from mosaic_jax.data.tokenizers import load_tokenizer
     try:
-        tok = load_tokenizer(tokenizer)
+        return load_tokenizer(spec)
     except ValueError as e:   # DataError
         raise InferenceLoadError(str(e)) from None
+
+
+def _run_tokenizer(wd: pathlib.Path, data_meta: dict[str, Any]) -> Any:
+    """The run's tokenizer: its recorded data folder, else the copy training left in `workdir/tokenizer/`
+    (checkpoint.save_tokenizer); the first whose hash matches the checkpoint's wins."""
+    from mosaic_jax.checkpoint import TOKENIZER_DIR
+
+    run_cfg = _read_json(wd / "config.json") if (wd / "config.json").is_file() else {}
+    recorded = data_meta.get("path") or run_cfg.get("data", {}).get("path")
+    copy = wd / TOKENIZER_DIR
+    candidates = [c for c in (recorded, str(copy)) if c and (pathlib.Path(c).exists() or c in ("byte", "gpt2"))]
+    if not candidates:
+        if not recorded:
+            raise InferenceLoadError(f"{wd}: cannot tell which tokenizer the run used; pass --tokenizer=SPEC")
+        raise InferenceLoadError(f"the run's data folder {recorded} is gone and {copy} does not exist; pass "
+                                 "--tokenizer=SPEC (its prepared-data folder or sentencepiece .model)")
     want = data_meta.get("tokenizer_hash")
-    if want and tok.hash != want:
-        raise InferenceLoadError(f"tokenizer {tokenizer} (hash {tok.hash[:12]}) is not the one the checkpoint was "
-                                 f"trained with (hash {want[:12]})")
-    return cfg, params, tok
+    problems: list[str] = []
+    for spec in candidates:
+        try:
+            tok = _load_tokenizer(spec)
+        except InferenceLoadError as e:
+            problems.append(str(e))
+            continue
+        if not want or tok.hash == want:
+            return tok
+        problems.append(f"tokenizer {spec} (hash {tok.hash[:12]}) is not the one the checkpoint was trained with "
+                        f"(hash {want[:12]})")
+    raise InferenceLoadError("; ".join(problems) + "; pass --tokenizer=SPEC")
 
 
 class TextStream:

@@ -111,6 +111,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     workdir_p.mkdir(parents=True, exist_ok=True)
     if pi == 0:
         (workdir_p / "config.json").write_text(rc.cfg.to_json_best_effort(indent=1) + "\n")
+        checkpoint.save_tokenizer(d.path, workdir_p)   # workdir/tokenizer/: inference works if the data moves
     tx = optim.make_optimizer(rc.optim, optim.decay_mask(model.param_axes(cfg)))
     shardings = train_state.state_shardings(cfg, tx, mesh)
     ckpt = checkpoint.Checkpointer(ckpt_dir, every=t.checkpoint_every, keep=t.keep_checkpoints,
