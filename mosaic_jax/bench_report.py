@@ -46,7 +46,8 @@ def plot(rows: list[dict[str, Any]], path: str) -> pathlib.Path:
     train = [r for r in rows if r["bench"] == "train"]
     if not train:
         raise ValueError("--plot: no training rows to plot")
-    labels = [f"{r['arch']} {r['dtype']} {r['impl']} (T {r['T']})" for r in train]
+    labels = [f"PyTorch reference, {r['impl'][6:]} ({r['size']}, T {r['T']})" if r["impl"].startswith("torch-") else
+              f"{r['arch']} {r['dtype']} {r['impl']} ({r['size']}, T {r['T']})" for r in train]
     tps = [r["tokens_per_s"] for r in train]
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(train) + 1.5))
     colors = ["tab:gray" if r["impl"].startswith("torch") else "tab:blue" if r["arch"] == "mosaic" else "tab:orange"
@@ -56,10 +57,12 @@ def plot(rows: list[dict[str, Any]], path: str) -> pathlib.Path:
         if r.get("tokens_per_s_best"):
             ax.plot([r["tokens_per_s_best"]] * 2, [i - 0.4, i + 0.4], color="black", lw=1)
         if r.get("mfu"):
-            ax.text(tps[i], i, f"  {100 * r['mfu']:.1f}% MFU", va="center", fontsize=8)
+            ax.text(max(tps[i], r.get("tokens_per_s_best") or 0), i, f"  {100 * r['mfu']:.1f}% MFU", va="center",
+                    fontsize=8)
     ax.set_yticks(range(len(train)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("training tokens/s (median of rounds; tick: best)")
+    ax.set_xlim(0, 1.15 * max(r.get("tokens_per_s_best") or r["tokens_per_s"] for r in train))   # room for labels
     ax.set_title(train[0]["device"], fontsize=9)
     fig.tight_layout()
     out = pathlib.Path(path)
