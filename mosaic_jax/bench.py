@@ -15,8 +15,9 @@ MFU = train_flops_per_token (flops.py: 3 × forward matmul FLOPs, full T×T, rem
 The peak is the table value on accelerators, and on CPU the best matmul rate (1024³) measured in every round of
 this run in the row's compute dtype (bfloat16 operands with float32 accumulation for bfloat16), unless
 --peak_flops is given.
-Memory: XLA's compiled footprint (arguments + outputs + temporaries − aliased), and the device's peak bytes in
-use where the backend reports it (GPU).
+Memory: per row, XLA's compiled footprint of the step (arguments + outputs + temporaries − aliased); per run,
+`device_peak_gb`, the device's peak bytes in use over all variants together where the backend reports it
+(GPU, TPU): run one variant per call to read it as that variant's peak.
 """
 from __future__ import annotations
 
@@ -92,6 +93,12 @@ def model_config(arch: str, size: str, seq: int, dtype: str, impl: str, dropout:
         except ValueError as e:
             raise ValueError(f"--impl {impl!r}: {item!r}: {e}") from None
     return cfg
+
+
+def device_peak_gb() -> Optional[float]:
+    """Peak bytes in use on the first local device since the process started (None where not reported: CPU)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats["peak_bytes_in_use"] / 2 ** 30 if "peak_bytes_in_use" in stats else None
 
 
 def xla_memory_bytes(compiled: Any) -> Optional[int]:
@@ -320,8 +327,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     load = (round(load0, 2), round(os.getloadavg()[0], 2))
     rows = [finish(v, peak_for(v.row["dtype"], a.peak_flops, peaks), load) for v in variants]
     bench_report.add_ratios(rows)
-    meta = {"jax": jax.__version__, "backend": jax.default_backend(), "cmd": "python -m mosaic_jax.bench " +
-            " ".join(argv if argv is not None else sys.argv[1:])}
+    meta = {"jax": jax.__version__, "backend": jax.default_backend(), "device_peak_gb": device_peak_gb(),
+            "cmd": "python -m mosaic_jax.bench " + " ".join(argv if argv is not None else sys.argv[1:])}
     out = open(a.out, "a") if a.out else None
     for r in rows:
         line = json.dumps(r | meta, default=float)
