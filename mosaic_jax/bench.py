@@ -177,21 +177,6 @@ def torch_variant(mode: str, size: str, batch: int, seq: int, warmup: int) -> Va
                     "flops_per_token": flops.train_flops_per_token(cfg, seq), "threads": ready["threads"]}, run)
 
 
-def measure_peak(dtype: str, n: int = 1024) -> float:
-    """Best FLOP/s of an n³ matmul in this process (bfloat16: bf16 operands, float32 accumulation)."""
-    dt = jnp.dtype(dtype)
-    acc = jnp.float32 if dt == jnp.bfloat16 else None
-    a = jnp.ones((n, n), dt)
-    mm = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=acc))
-    mm(a, a).block_until_ready()
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        mm(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n ** 3 / best
-
-
 def peak_for(dtype: str, override: float, cpu_peaks: dict[str, float]) -> tuple[Optional[float], str]:
     if override > 0:
         return override * jax.device_count(), "--peak_flops"
@@ -217,7 +202,7 @@ def interleave(variants: Sequence[Variant], rounds: int, pause: float, cpu_peaks
             v.times.append(time.perf_counter() - t0 if own is None else own)
         for dtype in cpu_peaks:
             time.sleep(pause)
-            cpu_peaks[dtype] = max(cpu_peaks[dtype], measure_peak(dtype))
+            cpu_peaks[dtype] = max(cpu_peaks[dtype], flops.measure_cpu_peak(dtype, repeats=5))
 
 
 def finish(v: Variant, peak: tuple[Optional[float], str], load: tuple[float, float]) -> dict[str, Any]:

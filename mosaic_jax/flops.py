@@ -85,11 +85,12 @@ def measure_cpu_peak(dtype: str = "float32", n: int = 1024, repeats: int = 20) -
     """Best-of-`repeats` FLOP/s of one jitted n×n×n matmul on the default device (best-of: on a shared machine
     the fastest repeat is the one least disturbed by other processes).
 
-    On CPU every (simulated) device shares the same cores, so this is the peak of the whole host.
+    On CPU every (simulated) device shares the same cores, so this is the peak of the whole host. bfloat16 is
+    timed as the model computes it: bf16 operands with float32 accumulation (about 2x the f32 rate with AVX512-BF16).
     """
-    a = jnp.ones((n, n), dtype)
-    b = jnp.ones((n, n), dtype)
-    mm = jax.jit(lambda x, y: x @ y)
+    dt = jnp.dtype(dtype)
+    a = b = jnp.ones((n, n), dt)
+    mm = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32 if dt == jnp.bfloat16 else None))
     mm(a, b).block_until_ready()
     best = float("inf")
     for _ in range(repeats):
