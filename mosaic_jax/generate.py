@@ -88,14 +88,20 @@ def load_for_inference(workdir: str, step: Optional[int] = None, tokenizer: Opti
         params = _restore_params(export / "params", cfg, in_state=False)
     else:
         raise InferenceLoadError(f"{wd}: no checkpoints/<step>/ and no export/ (train with python -m mosaic_jax.train)")
-    want = data_meta.get("tokenizer_hash")
     if tokenizer is not None:
         tok = _load_tokenizer(tokenizer)
-        if want and tok.hash != want:
-            raise InferenceLoadError(f"tokenizer {tokenizer} (hash {tok.hash[:12]}) is not the one the checkpoint "
-                                     f"was trained with (hash {want[:12]})")
+        problem = _hash_problem(tokenizer, tok, data_meta.get("tokenizer_hash"))
+        if problem:
+            raise InferenceLoadError(problem)
         return cfg, params, tok
     return cfg, params, _run_tokenizer(wd, data_meta)
+
+
+def _hash_problem(spec: str, tok: Any, want: Optional[str]) -> Optional[str]:
+    """Why `tok` is not the tokenizer the checkpoint was trained with, or None (no hash recorded: accepted)."""
+    if not want or tok.hash == want:
+        return None
+    return f"tokenizer {spec} (hash {tok.hash[:12]}) is not the one the checkpoint was trained with (hash {want[:12]})"
 
 
 def _load_tokenizer(spec: str) -> Any:
@@ -128,10 +134,10 @@ def _run_tokenizer(wd: pathlib.Path, data_meta: dict[str, Any]) -> Any:
         except InferenceLoadError as e:
             problems.append(str(e))
             continue
-        if not want or tok.hash == want:
+        problem = _hash_problem(spec, tok, want)
+        if problem is None:
             return tok
-        problems.append(f"tokenizer {spec} (hash {tok.hash[:12]}) is not the one the checkpoint was trained with "
-                        f"(hash {want[:12]})")
+        problems.append(problem)
     raise InferenceLoadError("; ".join(problems) + "; pass --tokenizer=SPEC")
 
 
