@@ -6,6 +6,7 @@ checkpoint maps onto a config without renaming.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal, Mapping
 
 Arch = Literal["mosaic", "gpt2", "mosaic_v2"]
@@ -122,6 +123,11 @@ class ModelConfig:
     @property
     def ffn_dim(self) -> int:
         return self.ffn_hidden or 3 * self.n_embd
+
+    @property
+    def logit_divisor(self) -> float:
+        """The v1 mosaic divides its (tied) head's logits by √C, as the reference does; the others by 1."""
+        return math.sqrt(self.n_embd) if self.arch == "mosaic" else 1.0
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

@@ -92,7 +92,7 @@ def _head(cfg: ModelConfig, params: Params, x: Array) -> Array:
     x = _ln(x, params["ln_out"])
     head = params["embed"] if cfg.weight_tying else params["head"]
     logits = jnp.einsum("...c,vc->...v", x, head.astype(x.dtype)).astype(jnp.float32)
-    return logits / math.sqrt(cfg.n_embd) if cfg.arch == "mosaic" else logits
+    return logits / cfg.logit_divisor
 
 
 def _out_proj(p: Params, y: Array) -> Array:

@@ -99,7 +99,7 @@ class LanguageModel(nn.Module):
         head = embed if c.weight_tying else param(self, "head", v2_init if v2 else normal(head_std), (V, C),
                                                   ("vocab", "embed"))
         logits = jnp.einsum("btc,vc->btv", x, head.astype(dt)).astype(jnp.float32)
-        return logits / math.sqrt(C) if mosaic else logits
+        return logits / c.logit_divisor
 
 
 def build_model(cfg: ModelConfig, fns: MemoryFns = DEFAULT_FNS) -> LanguageModel:
@@ -160,7 +160,7 @@ def loss_sum(cfg: ModelConfig, params: Params, tokens_BT: Array, targets_BT: Arr
     x_BTC = build_model(cfg, fns).apply({"params": params}, jnp.asarray(tokens_BT), rng is None, segment_ids_BT,
                                         True, rngs=rngs)
     head_VC = params["embed"] if cfg.weight_tying else params["head"]
-    scale = 1 / math.sqrt(cfg.n_embd) if cfg.arch == "mosaic" else 1.0
+    scale = 1 / cfg.logit_divisor
     B, T, C = x_BTC.shape
     targets_M = jnp.asarray(targets_BT).reshape(B * T)
     total = fused.head_cross_entropy(x_BTC.reshape(B * T, C), head_VC, targets_M, scale)
