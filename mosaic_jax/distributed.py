@@ -241,7 +241,6 @@ def check_batch_layout(mesh: Any, global_rows: int, process_count: Optional[int]
 
 def mesh_summary(mesh: Any) -> str:
     """'mesh {data: 1, fsdp: 8, tensor: 1} over 2 processes x 4 cpu devices'."""
-    import jax
     devices = list(mesh.devices.flat)
     procs = sorted({d.process_index for d in devices})
     return (f"mesh {dict(mesh.shape)} over {len(procs)} process(es) x {len(devices) // max(len(procs), 1)} "
