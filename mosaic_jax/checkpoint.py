@@ -154,9 +154,8 @@ class Checkpointer:
             src = self.directory / str(step)
             if src.exists():
                 src.rename(dest)
-        if jax.process_count() > 1:   # nobody lists (or re-saves) the step before it has moved
-            from jax.experimental import multihost_utils
-            multihost_utils.sync_global_devices(f"set_aside_{step}")
+        from mosaic_jax import distributed
+        distributed.barrier(f"set aside {step}")   # nobody lists (or re-saves) the step before it has moved
         self.mngr.reload()
         return dest
 
@@ -200,6 +199,9 @@ def _agreed(problem: Optional[str]) -> Optional[str]:
         return problem
     import numpy as np
     from jax.experimental import multihost_utils
+
+    from mosaic_jax import distributed
+    distributed.barrier("file record checked")   # process 0 may hash for long: no device collective waits on it
     failed = multihost_utils.broadcast_one_to_all(np.int32(problem is not None))
     return (problem or "file record check failed on process 0") if int(failed) else None
 

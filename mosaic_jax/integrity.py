@@ -80,12 +80,19 @@ def _tree_report(tree: Any) -> list[tuple[jax.Array, jax.Array]]:
     return [_leaf_report(x) for x in jax.tree.leaves(tree)]
 
 
+_aligned_report: Any = None
+
+
 def state_report(tree: Any) -> tuple[dict[str, list[int]], list[str]]:
     """({leaf path: [lane0, lane1]}, [paths of leaves holding NaN/Inf]) for a pytree of (sharded) arrays.
 
     Every process must call it (a collective over global arrays); the result is the same on all of them."""
+    global _aligned_report
+    if _aligned_report is None:   # several processes: compile, meet at a barrier, then run (distributed.py)
+        from mosaic_jax import distributed   # here: importing it defines the multi-host absl flags
+        _aligned_report = distributed.compile_then_align(_tree_report, "integrity checksums")
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-    reports = jax.device_get(_tree_report(tree))
+    reports = jax.device_get(_aligned_report(tree))
     sums, nonfinite = {}, []
     for path, (lanes, finite) in zip(paths, reports, strict=True):
         sums[path] = [int(v) for v in np.asarray(lanes)]

@@ -4,6 +4,9 @@ on the 8 simulated CPU devices (pure FSDP over 8).
 * an uninterrupted run: falling loss, config/metrics/TensorBoard/export files, generated text;
 * SIGTERM saves and exits 0, SIGKILL mid-run, resume twice: final params BITWISE equal to the uninterrupted run;
 * bad input: one-line error naming the field or file, exit 1, nothing in the workdir touched.
+* run integrity (issue 13): a resume on another architecture is refused with every file byte-identical; corrupt
+  checkpoints are set aside and the replay from an earlier one is exact; a non-finite loss sets aside the
+  checkpoint that computed it and the re-run trains on.
 
 Subprocesses share a persistent XLA compilation cache, so only the first run pays for compilation.
 """
@@ -319,10 +322,10 @@ def test_corrupt_checkpoints_are_set_aside_and_the_replay_is_exact(full_run, tin
 @pytest.mark.slow
 def test_nonfinite_stop_sets_aside_the_poisoned_checkpoint_and_the_resume_trains_on(full_run, tiny_data, env,
                                                                                     tmp_path):
-    """Issue 13.3: from checkpoint 16, lr=1e10 (constant: min_lr too, as steps 17-20 lie past decay_steps=16) saves
-    a finite but blown-up state at 17 and the next loss is not
-    finite. That checkpoint is not trusted: it is set aside (never deleted), the message names the step the next
-    run resumes from, and a re-run with the original lr trains on from there (main resumed from 17: NaN forever)."""
+    """Issue 13.3: from checkpoint 16, lr=1e10 (min_lr too: steps 17-20 lie past decay_steps=16) saves a finite but
+    blown-up state at 17, and the next loss is not finite. That checkpoint is not trusted: it is set aside (never
+    deleted), the message names the step the next run resumes from, and a re-run with the original lr trains on
+    from there (main resumed from 17: NaN forever)."""
     workdir = tmp_path / "run"
     shutil.copytree(full_run[0], workdir)
     shutil.rmtree(workdir / "export")
