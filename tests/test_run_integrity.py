@@ -191,3 +191,16 @@ def test_config_mismatch_is_refused_naming_fields_and_writes_nothing(two_checkpo
                                                          r"\(128, 32\) float32"):
         checkpoint.check_resume(d, SAVED_CFG, DATA, other)
     assert _hashes(d) == before   # every byte as it was
+
+
+def test_checkpoint_without_records_still_restores_with_a_note(host_state, tmp_path):
+    """Checkpoints written before the records existed (plain Orbax items) resume, unverified, saying so."""
+    import orbax.checkpoint as ocp
+    state, _ = _on_mesh(host_state, (1, 8, 1))
+    ck = checkpoint.Checkpointer(tmp_path, every=1, keep=5)
+    ck.mngr.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(SAVED_CFG),
+                                            data=ocp.args.JsonSave({**DATA, "position": 3})), force=True)
+    ck.close()
+    (step, restored, data), said = _restore(tmp_path, host_state)
+    assert step == 3 and data["position"] == 3 and len(said) == 1 and "no integrity record" in said[0], said
+    _assert_equal(restored, host_state)
