@@ -7,8 +7,9 @@
   exactly (addition mod 2^32 is associative: any mesh, any process count, any reduction order gives the same
   number), and a restore onto ANOTHER mesh can be checked against it. Strength: any change confined to one
   element (every single-bit flip) changes a lane with certainty (w odd, so w * d = 0 mod 2^32 only for d = 0),
-  as does a swap of two elements with different values; other random damage escapes both lanes with
-  probability about 2^-64. It is an error-detecting code, not a defence against a deliberate forger.
+  and so does moving a value to another position (the weights depend on the index); other random damage
+  escapes one lane with probability about 2^-32, and the two lanes use unrelated weights. It is an
+  error-detecting code, not a defence against a deliberate forger.
 * **File record** (`write_file_record`, `verify_file_record`): sha256 of every file of a step (hardware-accelerated
   on x86 and ARMv8, about 1 s/GB on one core here: benchmarks/checkpoint_hashing.py). Written by the primary
   process in Orbax's post-finalisation callback, i.e. after every process's data is on disk and BEFORE the step
@@ -18,8 +19,8 @@
   vocabulary or the optimizer's state structure must match the saved run; a difference is refused before
   anything is written.
 * **Trust**: a checkpoint is trusted only when its state is finite and the loss computed from it was finite.
-  `set_aside_after_nonfinite` moves the checkpoint whose state produced a non-finite loss out of the way, so that
-  the next run resumes from an earlier one.
+  `checkpoint.Checkpointer.after_nonfinite` moves the checkpoint whose state computed a non-finite loss out of
+  the way (never deleting it), so that the next run resumes from an earlier one.
 """
 from __future__ import annotations
 
