@@ -1,6 +1,6 @@
 """Orbax checkpoints: the train state, the data position and the resolved config saved together, asynchronously.
 
-Layout: `workdir/checkpoints/<step>/{state, config, data}` (Orbax CheckpointManager; only finalised steps are
+Layout: `workdir/checkpoints/<step>/{state, config, data, integrity}` (Orbax CheckpointManager; only finalised steps are
 listed, so a save interrupted by SIGKILL is never picked up, and its temporary folder is cleaned on the next
 start). `data` holds the data position (= the step: batches are a pure function of (seed, step)), the data path,
 seed and tokenizer hash, so a resume replays exactly the batches an uninterrupted run would have seen.
@@ -9,6 +9,11 @@ Restore targets are ShapeDtypeStructs carrying the CURRENT mesh's shardings (`tr
 Orbax reads each shard straight into the new layout, so a run can resume on another mesh shape. The sharding
 metadata saved in the checkpoint is deliberately ignored (orbax #648, #2408).
 `load_exported` without a target does the same with one device: shapes come from the export's metadata.
+
+`integrity` holds checksums of every array and of the JSON items (mosaic_jax/integrity.py), computed from the
+arrays handed to Orbax and committed by the same finalisation as the data; a restore verifies them. A checkpoint
+that is unreadable, fails that check or holds NaN/Inf is moved aside (`<step>.broken-<time>` or
+`<step>.nonfinite-<time>`, never deleted) and the previous one is tried.
 """
 from __future__ import annotations
 
@@ -18,10 +23,12 @@ import os
 import pathlib
 import shutil
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import orbax.checkpoint as ocp
+
+from mosaic_jax import integrity
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +40,21 @@ class CheckpointError(RuntimeError):
 
 
 class Checkpointer:
-    """A CheckpointManager with items `state` (StandardSave), `config` and `data` (JSON)."""
+    """A CheckpointManager with items `state` (StandardSave), `config`, `data` and `integrity` (JSON)."""
 
     def __init__(self, directory: str | pathlib.Path, *, every: int, keep: int, async_save: bool = True) -> None:
         self.directory = pathlib.Path(directory).absolute()
         # Only the fixed interval: Orbax's default also saves the very first step (InitialSavePolicy); SIGTERM is
         # handled by the training loop (a forced save), identically on one or many processes.
         policy = ocp.checkpoint_managers.FixedIntervalPolicy(max(int(every), 1))
+        # Always Orbax's async path: its post-finalisation callback (the file record) runs after all data is
+        # written and before the step is committed; a synchronous Checkpointer waits right after each save.
+        self.async_save, self._saving = async_save, None
         options = ocp.CheckpointManagerOptions(
             save_decision_policy=policy, max_to_keep=max(int(keep), 1),
-            enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
-        self.mngr = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "config", "data"))
+            enable_async_checkpointing=True, create=True, cleanup_tmp_directories=True,
+            async_options=ocp.options.AsyncOptions(post_finalization_callback=self._record_files))
+        self.mngr = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "config", "data", "integrity"))
 
     def all_steps(self) -> list[int]:
         return sorted(self.mngr.all_steps())
@@ -56,46 +67,110 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, config: Mapping[str, Any], data: Mapping[str, Any],
              force: bool = False) -> bool:
-        """Start an (async) save of `state` at `step` if the interval says so (or `force`); True if started."""
-        if step in self.mngr.all_steps():
-            return False  # already saved (e.g. a forced save on SIGTERM right after a periodic one)
+        """Start an (async) save of `state` at `step` if the interval says so (or `force`); True if started.
+
+        The integrity record is computed here, synchronously, from the same arrays Orbax copies out (so it
+        describes the data written even when the write finishes later), and saved as one more item of the same
+        step: Orbax finalises all items together, so a step is listed with its record or not at all. A state
+        holding NaN/Inf is never saved (FloatingPointError)."""
+        if step in self.mngr.all_steps() or not (force or self.mngr.should_save(step)):
+            return False  # already saved (e.g. a forced save on SIGTERM right after a periodic one), or not due
+        sums, nonfinite = integrity.state_report(state)
+        if nonfinite:
+            err = FloatingPointError(f"the state after step {step} holds NaN/Inf in {nonfinite[0]} "
+                                     f"({len(nonfinite)} array(s)); not saved")
+            err.step = step + 1   # type: ignore[attr-defined]  # the first loss this state would compute
+            raise err
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(dict(config)),
-                                  data=ocp.args.JsonSave(dict(data)))
-        return self.mngr.save(step, args=args, force=force)
+                                  data=ocp.args.JsonSave(dict(data)),
+                                  integrity=ocp.args.JsonSave(integrity.make_record(sums, config, data)))
+        self.mngr.wait_until_finished()   # one save in flight at a time: _record_files knows which step
+        self._saving = step
+        started = self.mngr.save(step, args=args, force=force)
+        if not self.async_save:
+            self.mngr.wait_until_finished()
+        return started
+
+    def _record_files(self) -> None:
+        """Orbax callback (primary process, before the commit): hash the step's files into its folder. Locally the
+        step is still `<step>.orbax-checkpoint-tmp-*`; on object stores it is written in place."""
+        if self._saving is not None:
+            tmp = sorted(self.directory.glob(f"{self._saving}.orbax-checkpoint-tmp*"))
+            integrity.write_file_record(tmp[-1] if tmp else self.directory / str(self._saving))
 
     def read_json(self, step: int, item: str) -> dict[str, Any]:
         """One JSON item (`config` or `data`) of a checkpoint, without touching the arrays."""
         out = self.mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))
         return dict(out[item])
 
-    def restore(self, target: Any, step: Optional[int] = None) -> Optional[tuple[int, Any, dict[str, Any]]]:
-        """(step, state, data) from the newest checkpoint that restores, or None when there is none.
+    def restore(self, target: Any, step: Optional[int] = None,
+                say: Callable[[str], None] = log.warning) -> Optional[tuple[int, Any, dict[str, Any]]]:
+        """(step, state, data) from the newest checkpoint that restores AND passes its checks, or None.
 
-        `target` is the abstract state with the current mesh's shardings. A checkpoint that fails to restore
-        (truncated, corrupted, wrong shapes) is reported, renamed `<step>.broken-<time>` so that later saves
-        of that step are possible, and the previous one is tried.
-        """
+        `target` is the abstract state with the current mesh's shardings (its shapes must match: see
+        `check_resume`). A checkpoint that is unreadable or fails its integrity record is set aside as
+        `<step>.broken-<time>`, one holding NaN/Inf as `<step>.nonfinite-<time>` (so that later saves of that step
+        are possible); `say` gets one line naming it, where it went and the checkpoint tried next."""
         steps = [step] if step is not None else sorted(self.mngr.all_steps(), reverse=True)
-        for s in steps:
-            try:
-                out = self.mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                                    data=ocp.args.JsonRestore()))
+        for i, s in enumerate(steps):
+            path = self.directory / str(s)
+            has_record = (path / "integrity").is_dir()
+            items = dict(state=ocp.args.StandardRestore(target), config=ocp.args.JsonRestore(),
+                         data=ocp.args.JsonRestore(), **({"integrity": ocp.args.JsonRestore()} if has_record else {}))
+            kind, problem = "broken", _agreed(integrity.verify_file_record(path) if jax.process_index() == 0 else None)
+            if problem:
+                problem = f"failed its integrity check ({problem})"
+            else:
+                try:
+                    out = self.mngr.restore(s, args=ocp.args.Composite(**items))
+                except Exception as e:  # noqa: BLE001 - any failure reading it means "this checkpoint is unusable"
+                    text = " ".join(str(e).split())
+                    if "RESOURCE_EXHAUSTED" in text or isinstance(e, MemoryError):   # not the checkpoint's fault
+                        raise CheckpointError(f"restoring {path} ran out of memory: {text[:200]}") from None
+                    problem = f"is unreadable ({type(e).__name__}: {text[:200]})"
+                else:
+                    sums, nonfinite = integrity.state_report(out["state"])
+                    bad = integrity.verify(out["integrity"], sums, out["config"], out["data"]) if has_record else None
+                    if bad:
+                        problem = f"failed its integrity check ({bad})"
+                    elif nonfinite:
+                        kind, problem = "nonfinite", f"holds NaN/Inf in {nonfinite[0]} (an untrusted state)"
+            if problem is None:
+                if not has_record:
+                    say(f"note: {path} has no integrity record (saved before records existed); restored unverified")
                 return s, out["state"], dict(out["data"])
-            except Exception as e:  # noqa: BLE001 - any failure means "this checkpoint is unusable"
-                msg = " ".join(str(e).split())[:300]
-                log.error("checkpoint %s failed to restore (%s: %s); trying the previous one",
-                          self.directory / str(s), type(e).__name__, msg)
-                self._set_aside(s)
+            moved = self.set_aside(s, kind)
+            nxt = f"trying {self.directory / str(steps[i + 1])}" if i + 1 < len(steps) else "no earlier checkpoint"
+            say(f"checkpoint {path} {problem}; set aside as {moved}; {nxt}")
         if steps:
-            raise CheckpointError(f"none of the checkpoints {steps} in {self.directory} could be restored")
+            raise CheckpointError(f"none of the checkpoints {steps} in {self.directory} could be restored (each was "
+                                  "set aside, nothing deleted); re-running starts from step 0")
         return None
 
-    def _set_aside(self, step: int) -> None:
+    def set_aside(self, step: int, kind: str) -> pathlib.Path:
+        """Rename `<step>` to `<step>.<kind>-<time>` (never delete); every process must call it."""
+        dest = self.directory / f"{step}.{kind}-{int(time.time())}"
         if jax.process_index() == 0:
             src = self.directory / str(step)
             if src.exists():
-                src.rename(self.directory / f"{step}.broken-{int(time.time())}")
+                src.rename(dest)
+        from mosaic_jax import distributed
+        distributed.barrier(f"set aside {step}")   # nobody lists (or re-saves) the step before it has moved
         self.mngr.reload()
+        return dest
+
+    def after_nonfinite(self, error: FloatingPointError) -> str:
+        """The one-line message for a non-finite loss at step N (`error.step`): checkpoint N-1, whose state
+        computed that loss, is not trusted and is set aside, so the next run resumes from one that trains on."""
+        self.wait()   # checkpoint N-1 may still be in flight
+        bad = getattr(error, "step", None)
+        head = str(error).split(";")[0]
+        note = ""
+        if bad is not None and bad - 1 in self.mngr.all_steps():
+            note = f"; checkpoint {bad - 1} computed it and is set aside as {self.set_aside(bad - 1, 'nonfinite')}"
+        left = self.all_steps()
+        nxt = f"checkpoint {self.directory / str(left[-1])} (step {left[-1]})" if left else "step 0 (no checkpoint left)"
+        return f"{head}{note}; stopping. Re-running resumes from {nxt}"
 
     def wait(self) -> None:
         """Block until pending async saves are on disk (call before exiting)."""
@@ -116,6 +191,46 @@ def check_data_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], 
                if k in saved and k in current and saved[k] != current[k]]
     if changed:   # legal (e.g. a larger batch to finish a run), but the batches differ from an uninterrupted run
         log.warning("resuming %s with different data settings: %s", directory, "; ".join(changed))
+
+
+def _agreed(problem: Optional[str]) -> Optional[str]:
+    """Process 0's verdict for every process (only it hashes the files: one read of the checkpoint, not N)."""
+    if jax.process_count() == 1:
+        return problem
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    from mosaic_jax import distributed
+    distributed.barrier("file record checked")   # process 0 may hash for long: no device collective waits on it
+    failed = multihost_utils.broadcast_one_to_all(np.int32(problem is not None))
+    return (problem or "file record check failed on process 0") if int(failed) else None
+
+
+def check_resume(directory: str | pathlib.Path, requested: Mapping[str, Any], data: Mapping[str, Any],
+                 target: Any) -> None:
+    """Refuse (CheckpointError, one line) a resume whose config, state shapes or tokenizer differ from the saved
+    run, before anything is written. Reads only the newest checkpoint whose JSON items and array metadata are
+    readable; an unreadable one is left to `restore`, which sets it aside."""
+    directory = pathlib.Path(directory).absolute()
+    if not directory.is_dir():
+        return
+    probe = Checkpointer(directory, every=1, keep=2**30, async_save=False)
+    try:
+        for s in reversed(probe.all_steps()):
+            try:
+                saved_cfg, saved_data = probe.read_json(s, "config"), probe.read_json(s, "data")
+                saved_tree = ocp.StandardCheckpointHandler().metadata(directory / str(s) / "state").tree
+            except Exception:  # noqa: BLE001 - unreadable: restore() reports it and tries the previous one
+                continue
+            check_data_compatible(saved_data, data, str(directory))
+            diffs = integrity.config_differences(saved_cfg, requested) or integrity.shape_differences(
+                saved_tree, target)
+            if diffs:
+                raise CheckpointError(integrity.refuse_message(str(directory / str(s)), diffs,
+                                                               str(directory.parent)))
+            return
+    finally:
+        probe.close()
 
 
 def export_params(directory: str | pathlib.Path, params: Any, model_config: Mapping[str, Any]) -> pathlib.Path:

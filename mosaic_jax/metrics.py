@@ -88,5 +88,7 @@ def check_finite(step: int, scalars: Mapping[str, Any], names: tuple[str, ...] =
     """Raise FloatingPointError naming the step when a watched metric is NaN or Inf."""
     for name in names:
         if name in scalars and not math.isfinite(float(np.asarray(scalars[name]))):
-            raise FloatingPointError(f"{name} is {float(np.asarray(scalars[name]))} at step {step}; "
+            err = FloatingPointError(f"{name} is {float(np.asarray(scalars[name]))} at step {step}; "
                                      "stopping (the last good checkpoint is kept)")
+            err.step = step   # type: ignore[attr-defined]  # train sets aside the checkpoint that computed it
+            raise err

@@ -99,25 +99,20 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
 
     workdir_p = pathlib.Path(workdir).absolute()
     ckpt_dir = workdir_p / "checkpoints"
-    if ckpt_dir.exists():  # refuse a resume on differently tokenized data before creating or changing anything
-        probe = checkpoint.Checkpointer(ckpt_dir, every=t.checkpoint_every, keep=t.keep_checkpoints,
-                                        async_save=False)
-        latest = probe.latest_step()
-        if latest is not None:
-            checkpoint.check_data_compatible(probe.read_json(latest, "data"), data_meta, str(ckpt_dir))
-        probe.close()
+    tx = optim.make_optimizer(rc.optim, optim.decay_mask(model.param_axes(cfg)))
+    shardings = train_state.state_shardings(cfg, tx, mesh)
+    target = train_state.with_shardings(train_state.abstract_state(cfg, tx), shardings)
+    # refuse a resume on another architecture, shape or tokenizer before creating or changing anything
+    checkpoint.check_resume(ckpt_dir, rc.to_dict(), data_meta, target)
 
     # ---- set up: workdir, state (restored or fresh), compiled steps --------------------------------------------
     workdir_p.mkdir(parents=True, exist_ok=True)
     if pi == 0:
         (workdir_p / "config.json").write_text(rc.cfg.to_json_best_effort(indent=1) + "\n")
         checkpoint.save_tokenizer(d.path, workdir_p)   # workdir/tokenizer/: inference works if the data moves
-    tx = optim.make_optimizer(rc.optim, optim.decay_mask(model.param_axes(cfg)))
-    shardings = train_state.state_shardings(cfg, tx, mesh)
     ckpt = checkpoint.Checkpointer(ckpt_dir, every=t.checkpoint_every, keep=t.keep_checkpoints,
                                    async_save=t.async_checkpoint)
-    target = train_state.with_shardings(train_state.abstract_state(cfg, tx), shardings)
-    restored = ckpt.restore(target) if ckpt.latest_step() is not None else None
+    restored = ckpt.restore(target, say=_say) if ckpt.latest_step() is not None else None
     if restored is not None:
         step0, state, _ = restored
         _say(f"resumed from {ckpt_dir / str(step0)} (step {step0})")
@@ -216,6 +211,8 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
                 writer.close()
                 return {"step": done, "train": last, "eval": eval_out, "preempted": True}
         drain()
+    except FloatingPointError as e:   # the checkpoint whose state gave the non-finite loss is not trusted
+        raise FloatingPointError(ckpt.after_nonfinite(e)) from None
     finally:
         ckpt.wait()   # keep every save already started (the last good checkpoint stays on errors)
     final = int(jax.device_get(state.step))

@@ -4,9 +4,13 @@ on the 8 simulated CPU devices (pure FSDP over 8).
 * an uninterrupted run: falling loss, config/metrics/TensorBoard/export files, generated text;
 * SIGTERM saves and exits 0, SIGKILL mid-run, resume twice: final params BITWISE equal to the uninterrupted run;
 * bad input: one-line error naming the field or file, exit 1, nothing in the workdir touched.
+* run integrity (issue 13): a resume on another architecture is refused with every file byte-identical; corrupt
+  checkpoints are set aside and the replay from an earlier one is exact; a non-finite loss sets aside the
+  checkpoint that computed it and the re-run trains on.
 
 Subprocesses share a persistent XLA compilation cache, so only the first run pays for compilation.
 """
+import hashlib
 import json
 import os
 import pathlib
@@ -265,16 +269,78 @@ def test_resume_with_another_tokenizer_is_refused(full_run, tiny_data, env, tmp_
     assert _snapshot(workdir) == before
 
 
+def _file_hashes(workdir):
+    return {str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in workdir.rglob("*") if p.is_file()}
+
+
 @pytest.mark.slow
-def test_nan_loss_stops_with_the_step_and_keeps_good_checkpoints(tiny_data, env, tmp_path):
-    """An absurd learning rate blows the params up at step 1; the loss of step 2 is NaN/Inf."""
+def test_resume_with_another_architecture_is_refused_and_the_run_survives(full_run, tiny_data, env, tmp_path):
+    """Issue 13.1: n_layer 2 -> 1 on a finished run: one line naming the field, every file byte-identical, and
+    the original command still resumes from the newest checkpoint (main renamed them all *.broken)."""
     workdir = tmp_path / "run"
-    res = _run(_cmd(workdir, tiny_data, "--config.train.lr=1e30", "--config.train.warmup_steps=0",
-                    "--config.train.checkpoint_every=1"), env)
+    shutil.copytree(full_run[0], workdir)
+    before = _file_hashes(workdir)
+    res = _run(_cmd(workdir, tiny_data, "--config.model.n_layer=1"), env)
+    assert res.returncode == 1
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("train: error: cannot resume"), res.stderr
+    assert "model.n_layer: saved 2, requested 1" in lines[0] and "another --workdir" in lines[0], lines[0]
+    assert _file_hashes(workdir) == before
+    res = _run(_cmd(workdir, tiny_data), env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"resumed from {workdir / 'checkpoints' / str(STEPS)} (step {STEPS})" in res.stdout
+
+
+@pytest.mark.slow
+def test_corrupt_checkpoints_are_set_aside_and_the_replay_is_exact(full_run, tiny_data, env, tmp_path):
+    """Issue 13.2: a bit flipped in checkpoint 16's array data and a damaged data item in 12: both are set aside
+    (one line each, naming the next one tried), the run resumes from 8 and ends bitwise equal to the original."""
+    workdir = tmp_path / "run"
+    shutil.copytree(full_run[0], workdir)
+    shutil.rmtree(workdir / "export")
+    ckpt = workdir / "checkpoints"
+    f = max((p for p in (ckpt / "16" / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
+            key=lambda p: p.stat().st_size)
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    f.write_bytes(bytes(data))
+    (ckpt / "12" / "data" / "metadata").write_text("{not json")
+    res = _run(_cmd(workdir, tiny_data), env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for bad, nxt in ((16, 12), (12, 8)):
+        line = next(ln for ln in res.stdout.splitlines() if ln.startswith(f"checkpoint {ckpt / str(bad)} "))
+        assert "failed its integrity check" in line and f"set aside as {ckpt / f'{bad}.broken-'}" in line, line
+        assert line.endswith(f"trying {ckpt / str(nxt)}"), line
+    assert f"resumed from {ckpt / '8'} (step 8)" in res.stdout
+    assert sorted(p.name.split("-")[0] for p in ckpt.iterdir() if "broken" in p.name) == ["12.broken", "16.broken"]
+    import jax
+    for a, b in zip(jax.tree.leaves(_exported(full_run[0])), jax.tree.leaves(_exported(workdir)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.slow
+def test_nonfinite_stop_sets_aside_the_poisoned_checkpoint_and_the_resume_trains_on(full_run, tiny_data, env,
+                                                                                    tmp_path):
+    """Issue 13.3: from checkpoint 16, lr=1e10 (min_lr too: steps 17-20 lie past decay_steps=16) saves a finite but
+    blown-up state at 17, and the next loss is not finite. That checkpoint is not trusted: it is set aside (never
+    deleted), the message names the step the next run resumes from, and a re-run with the original lr trains on
+    from there (main resumed from 17: NaN forever)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(full_run[0], workdir)
+    shutil.rmtree(workdir / "export")
+    ckpt = workdir / "checkpoints"
+    longer = ["--config.train.steps=20", f"--config.train.decay_steps={STEPS}"]   # the same schedule as full_run
+    res = _run(_cmd(workdir, tiny_data, *longer, "--config.train.lr=1e10", "--config.train.min_lr=1e10",
+                    "--config.train.warmup_steps=0", "--config.train.checkpoint_every=1"), env)
     assert res.returncode == 1
     line = res.stderr.strip().splitlines()[-1]
     assert line.startswith("train: error:") and " at step " in line and ("nan" in line or "inf" in line), res.stderr
-    bad_step = int(line.split(" at step ")[1].split(";")[0])
-    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert saved and max(saved) < bad_step
+    assert line.endswith(f"Re-running resumes from checkpoint {ckpt / str(STEPS)} (step {STEPS})"), line
+    if "computed it" in line:   # a saved checkpoint gave the non-finite loss: set aside, not deleted
+        assert (next(ckpt.glob("*.nonfinite-*")) / "state").is_dir()
+    assert max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) == STEPS
     assert not (workdir / "export").exists()
+    res = _run(_cmd(workdir, tiny_data, *longer), env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"resumed from {ckpt / str(STEPS)} (step {STEPS})" in res.stdout and "step 20/20 | loss" in res.stdout
