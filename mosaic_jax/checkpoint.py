@@ -44,6 +44,7 @@ class Checkpointer:
             save_decision_policy=policy, max_to_keep=max(int(keep), 1),
             enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
         self.mngr = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "config", "data"))
+        self._pending: Optional[int] = None   # the step of the save started last, until it is known to be on disk
 
     def all_steps(self) -> list[int]:
         return sorted(self.mngr.all_steps())
@@ -61,7 +62,34 @@ class Checkpointer:
             return False  # already saved (e.g. a forced save on SIGTERM right after a periodic one)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(dict(config)),
                                   data=ocp.args.JsonSave(dict(data)))
-        return self.mngr.save(step, args=args, force=force)
+        try:   # saving first waits for the previous (async) save: its failure can surface here
+            started = self.mngr.save(step, args=args, force=force)
+        except Exception as e:  # noqa: BLE001 - disk full, read-only, a failed previous save...
+            failed = self._pending if self._pending is not None and self._pending not in self.all_steps() else step
+            raise self._failure(failed, e) from None
+        self._pending = step if started else self._pending
+        return started
+
+    def _failure(self, step: int, e: BaseException) -> CheckpointError:
+        from mosaic_jax.run_guard import os_reason
+        self._pending = None
+        return CheckpointError(f"checkpoint at step {step} failed: {os_reason(e)} (workdir {self.directory.parent})")
+
+    def poll(self) -> Optional[CheckpointError]:
+        """The failure of the last save once it has ended (None while it runs, or when it succeeded); never blocks,
+        so the loop stops at the step after an async save failed instead of a whole interval later."""
+        if self._pending is None or self.mngr.is_saving_in_progress():
+            return None
+        step = self._pending
+        try:
+            self.mngr.wait_until_finished()   # finished: returns at once, or raises the save's error
+        except Exception as e:  # noqa: BLE001
+            return self._failure(step, e)
+        self._pending = None
+        if step not in self.all_steps():
+            return CheckpointError(f"checkpoint at step {step} failed: it was not finalised "
+                                   f"(workdir {self.directory.parent}; --verbosity=0 shows Orbax's log)")
+        return None
 
     def read_json(self, step: int, item: str) -> dict[str, Any]:
         """One JSON item (`config` or `data`) of a checkpoint, without touching the arrays."""
@@ -98,11 +126,16 @@ class Checkpointer:
         self.mngr.reload()
 
     def wait(self) -> None:
-        """Block until pending async saves are on disk (call before exiting)."""
-        self.mngr.wait_until_finished()
+        """Block until pending async saves are on disk (call before exiting); CheckpointError if one failed."""
+        step = self._pending
+        try:
+            self.mngr.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._failure(step if step is not None else -1, e) from None
+        self._pending = None
 
     def close(self) -> None:
-        self.mngr.wait_until_finished()
+        self.wait()
         self.mngr.close()
 
 
