@@ -12,7 +12,8 @@ exists, also on NFS), so a reader never sees half a record.
 A lock left by a crash (SIGKILL, a dead node) is stale:
 * same host: the holder is dead (no such pid, a zombie, another start time, or the machine rebooted) → the new
   run takes the lock over and says so;
-* another host (a shared filesystem): liveness cannot be checked from here → refused, naming `--break_lock`.
+* another host (a shared filesystem): liveness cannot be checked from here → refused, naming `--break_lock`,
+  unless the holder was an earlier run of this same SLURM job (a requeue: SLURM runs a job id once at a time).
 Taking over renames the stale file aside and checks it is still the record judged stale before deleting it, so
 two runs that find the same stale lock cannot both win.
 """
@@ -56,7 +57,7 @@ def own_record(job: str = "") -> dict[str, Any]:
     stat = _proc_stat(os.getpid())
     return {"host": socket.gethostname(), "pid": os.getpid(), "proc_start": stat[19] if stat else None,
             "boot_id": _boot_id(), "since": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
-            "job": job or "1 process", "token": uuid.uuid4().hex}
+            "job": job or "1 process", "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""), "token": uuid.uuid4().hex}
 
 
 def holder_state(record: dict[str, Any]) -> str:
@@ -177,11 +178,14 @@ def acquire(workdir: str | os.PathLike[str], *, break_lock: bool = False, job: s
         if state == "alive":
             raise LockError(f"--workdir={workdir} is in use by {describe(held)}; wait for that run to end or use "
                             "another --workdir")
-        if state == "other-host" and not break_lock:
+        requeued = state == "other-host" and bool(held.get("slurm_job_id")) and \
+            held.get("slurm_job_id") == record["slurm_job_id"]
+        if state == "other-host" and not break_lock and not requeued:
             raise LockError(f"--workdir={workdir} is locked by {describe(held)}, which cannot be checked from "
                             f"{socket.gethostname()}; if that run is dead, re-run with {BREAK_FLAG}")
         _remove_if_same(path, held)
-        why = "broken with " + BREAK_FLAG if state == "other-host" else "that process is gone"
+        why = ("an earlier run of this SLURM job" if requeued else "broken with " + BREAK_FLAG
+               if state == "other-host" else "that process is gone")
         note = f"took over the stale lock of {describe(held)} in {workdir} ({why})"
         time.sleep(0.01)
     raise LockError(f"could not take the lock {path}: other runs keep taking it")

@@ -77,6 +77,19 @@ def test_other_host_needs_break_lock_named_in_the_message(tmp_path):
     lock.release()
 
 
+def test_a_requeued_slurm_job_takes_over_its_own_lock(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    (tmp_path / LOCK_FILE).write_text(json.dumps({**workdir_lock.own_record(), "host": "gpu017"}))
+    lock = workdir_lock.acquire(tmp_path)   # same job id, another node: the earlier run of this job is over
+    assert "earlier run of this SLURM job" in lock.note
+    lock.release()
+    monkeypatch.setenv("SLURM_JOB_ID", "4243")
+    (tmp_path / LOCK_FILE).write_text(json.dumps({**workdir_lock.own_record(), "host": "gpu017",
+                                                  "slurm_job_id": "4242"}))
+    with pytest.raises(LockError, match="--break_lock"):   # another job: refused
+        workdir_lock.acquire(tmp_path)
+
+
 def test_foreign_lock_file_is_not_overwritten_without_break_lock(tmp_path):
     (tmp_path / LOCK_FILE).write_text("not json")
     with pytest.raises(LockError, match="not a lock record"):
