@@ -54,7 +54,9 @@ class Checkpointer:
             save_decision_policy=policy, max_to_keep=max(int(keep), 1),
             enable_async_checkpointing=True, create=True, cleanup_tmp_directories=True,
             async_options=ocp.options.AsyncOptions(post_finalization_callback=self._record_files))
-        self.mngr = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "config", "data", "integrity"))
+        self.mngr = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("state", "config", "data", "integrity"))
+        self._pending: Optional[int] = None   # the step of the save started last, until it is known to be on disk
 
     def all_steps(self) -> list[int]:
         return sorted(self.mngr.all_steps())
@@ -84,11 +86,18 @@ class Checkpointer:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(dict(config)),
                                   data=ocp.args.JsonSave(dict(data)),
                                   integrity=ocp.args.JsonSave(integrity.make_record(sums, config, data)))
-        self.mngr.wait_until_finished()   # one save in flight at a time: _record_files knows which step
-        self._saving = step
-        started = self.mngr.save(step, args=args, force=force)
-        if not self.async_save:
+        try:   # one save in flight at a time (_record_files knows which step); the previous one's failure shows here
             self.mngr.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - disk full, read-only...
+            raise self._failure(self._pending if self._pending is not None else step, e) from None
+        self._saving = step
+        try:
+            started = self.mngr.save(step, args=args, force=force)
+            self._pending = step if started else None
+            if not self.async_save:
+                self.mngr.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._failure(step, e) from None
         return started
 
     def _record_files(self) -> None:
@@ -97,6 +106,27 @@ class Checkpointer:
         if self._saving is not None:
             tmp = sorted(self.directory.glob(f"{self._saving}.orbax-checkpoint-tmp*"))
             integrity.write_file_record(tmp[-1] if tmp else self.directory / str(self._saving))
+
+    def _failure(self, step: int, e: BaseException) -> CheckpointError:
+        from mosaic_jax.run_guard import os_reason
+        self._pending = None
+        return CheckpointError(f"checkpoint at step {step} failed: {os_reason(e)} (workdir {self.directory.parent})")
+
+    def poll(self) -> Optional[CheckpointError]:
+        """The failure of the last save once it has ended (None while it runs, or when it succeeded); never blocks,
+        so the loop stops at the step after an async save failed instead of a whole interval later."""
+        if self._pending is None or self.mngr.is_saving_in_progress():
+            return None
+        step = self._pending
+        try:
+            self.mngr.wait_until_finished()   # finished: returns at once, or raises the save's error
+        except Exception as e:  # noqa: BLE001
+            return self._failure(step, e)
+        self._pending = None
+        if step not in self.all_steps():
+            return CheckpointError(f"checkpoint at step {step} failed: it was not finalised "
+                                   f"(workdir {self.directory.parent}; --verbosity=0 shows Orbax's log)")
+        return None
 
     def read_json(self, step: int, item: str) -> dict[str, Any]:
         """One JSON item (`config` or `data`) of a checkpoint, without touching the arrays."""
@@ -173,11 +203,16 @@ class Checkpointer:
         return f"{head}{note}; stopping. Re-running resumes from {nxt}"
 
     def wait(self) -> None:
-        """Block until pending async saves are on disk (call before exiting)."""
-        self.mngr.wait_until_finished()
+        """Block until pending async saves are on disk (call before exiting); CheckpointError if one failed."""
+        step = self._pending
+        try:
+            self.mngr.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._failure(step if step is not None else -1, e) from None
+        self._pending = None
 
     def close(self) -> None:
-        self.mngr.wait_until_finished()
+        self.wait()
         self.mngr.close()
 
 

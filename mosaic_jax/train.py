@@ -4,14 +4,14 @@ r"""Train a memory mosaic (or the GPT-2 baseline) on a prepared data folder.
         [--config.data.path=DIR] [--config.train.steps=2000] [--config.mesh.fsdp=-1] ...
 
 Re-running the same command resumes from the newest complete checkpoint in the workdir. SIGTERM (preemption)
-saves a checkpoint and exits 0. Bad input exits 1 with a one-line error naming the field or file, before
-anything is written. See docs/training.md.
+saves a checkpoint and exits 0; SIGINT (Ctrl-C) saves and exits 130. Bad input, a workdir held by another run
+(`workdir/lock.json`) and I/O failures (disk full, read-only) exit non-zero with a one-line error naming the field
+or file; bad input before anything is written. See docs/training.md.
 """
 from __future__ import annotations
 
 import os
 import pathlib
-import signal
 import sys
 import time
 from typing import Any, Sequence
@@ -20,31 +20,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mosaic_jax import distributed   # defines --coordinator_address, --num_processes, --process_id, ...
+from mosaic_jax import run_guard     # defines --break_lock
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, TensorBoard, config.json.")
-
-
-class _Preemption:
-    """SIGTERM sets a flag; the loop saves at the next step boundary and exits 0 (never mid-step)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def install(self) -> None:
-        signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def agreed(self) -> bool:
-        """Every process must stop at the same step: OR the flag across processes (no-op with one)."""
-        import jax
-        if jax.process_count() == 1:
-            return self.requested
-        import numpy as np
-        from jax.experimental import multihost_utils
-        return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
 
 
 def _say(message: str) -> None:
@@ -63,8 +42,8 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     from mosaic_jax.data import loader, store, tokenizers
     from mosaic_jax.data.errors import DataError
 
-    preempt = _Preemption()
-    preempt.install()   # first thing: a SIGTERM during set-up or compilation must not kill the run uncleanly
+    preempt = run_guard.StopRequest()
+    preempt.install()   # first thing: a SIGTERM/SIGINT during set-up or compilation must not kill the run uncleanly
     # ---- validate every input before writing anything --------------------------------------------------------
     if config is None:
         raise configs.ConfigError("--config is required (e.g. experiments/configs/tiny_cpu.py)")
@@ -197,7 +176,11 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
                 restart_clock()
             else:
                 drain(upto=1)
-            stop = preempt.agreed()
+            save_error = ckpt.poll()   # an async save that failed stops the run now, not an interval later
+            stop, save_failed = preempt.agreed(save_error is not None)
+            if save_failed:
+                raise save_error or checkpoint.CheckpointError(
+                    f"a checkpoint save failed on another process (workdir {workdir_p}); see that process's log")
             if ckpt.should_save(done) or done == t.steps or stop:
                 drain()   # never save a state whose loss or gradient is not finite
                 ckpt.save(done, state, ckpt_cfg, {**data_meta, "position": done}, force=True)
@@ -207,9 +190,11 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
                 restart_clock()
             if stop:
                 ckpt.wait()
-                _say(f"SIGTERM: saved {ckpt_dir / str(done)}; exiting (re-run the same command to resume)")
+                _say(f"{preempt.signal_name or 'SIGTERM'}: saved {ckpt_dir / str(done)}; exiting (re-run the same "
+                     "command to resume)")
                 writer.close()
-                return {"step": done, "train": last, "eval": eval_out, "preempted": True}
+                return {"step": done, "train": last, "eval": eval_out, "preempted": True,
+                        "signal": preempt.signal_name}
         drain()
     except FloatingPointError as e:   # the checkpoint whose state gave the non-finite loss is not trusted
         raise FloatingPointError(ckpt.after_nonfinite(e)) from None
@@ -226,9 +211,9 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     return {"step": final, "train": last, "eval": eval_out, "preempted": False}
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, status: int = 1) -> None:
     print(f"train: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    sys.exit(status)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -266,6 +251,7 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO; --verbosity=0 shows them
+        run_guard.quiet_orbax_errors()           # and a failed save with tracebacks: reported below in one line
     from mosaic_jax.checkpoint import CheckpointError
     from mosaic_jax.configs import ConfigError
     from mosaic_jax.data.errors import DataError
@@ -275,9 +261,16 @@ def main(argv: Sequence[str]) -> None:
     except distributed.DistributedError as e:
         _fail(str(e))
     try:
-        summary = train(config, _WORKDIR.value)
-    except (ConfigError, DataError, CheckpointError, FloatingPointError) as e:
+        with run_guard.workdir_guard(_WORKDIR.value):   # one run per workdir, released on any exit
+            summary = train(config, _WORKDIR.value)
+    except (ConfigError, DataError, CheckpointError, FloatingPointError, run_guard.workdir_lock.LockError) as e:
         _fail(str(e))
+    except OSError as e:   # disk full or read-only while writing metrics, config.json, ...
+        _fail(run_guard.io_error_line(e, _WORKDIR.value))
+    except KeyboardInterrupt:   # Ctrl-C twice, or during start-up
+        _fail("interrupted (SIGINT) before a checkpoint could be saved", run_guard.SIGINT_EXIT)
+    if summary.get("signal") == "SIGINT":
+        sys.exit(run_guard.SIGINT_EXIT)
     if summary.get("eval", {}).get("sample"):
         _say("\n=== generated text ===\n" + summary["eval"]["sample"])
 

@@ -15,6 +15,10 @@ exactly, and the result does not depend on the number of processes or prefetch w
 """
 from __future__ import annotations
 
+import functools
+import os
+import threading
+import time
 from typing import Iterator
 
 import numpy as np
@@ -165,7 +169,8 @@ def make_iterator(
 
     Resuming is making a new iterator with ``start_step`` = the saved step. ``num_workers > 0`` computes
     batches in that many spawned worker processes (grain ``mp_prefetch``); the order is unchanged.
-    ``num_steps`` bounds the iterator (default: practically endless).
+    ``num_steps`` bounds the iterator (default: practically endless). Workers end when this process dies, even
+    by SIGKILL (`_die_with_parent`).
     """
     import grain
 
@@ -180,7 +185,8 @@ def make_iterator(
     if num_workers > 0:
         _ensure_absl_flags_parsed()
         dataset = dataset.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=max(prefetch, 1))
+            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=max(prefetch, 1)),
+            worker_init_fn=functools.partial(_die_with_parent, os.getpid()),
         )
     return iter(dataset)
 
@@ -192,3 +198,18 @@ def _ensure_absl_flags_parsed() -> None:
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
+
+
+def _die_with_parent(parent_pid: int, worker_index: int = 0, worker_count: int = 1, poll_s: float = 0.2) -> None:
+    """In a grain worker: exit as soon as `parent_pid` (the trainer) is gone, e.g. SIGKILLed or OOM-killed, instead
+    of living on as an orphan holding its memory.
+
+    Why a watchdog thread and not prctl(PR_SET_PDEATHSIG): grain starts its workers from one of its own threads, and
+    the parent-death signal fires when the *thread* that started the child exits, not the process. An orphan is
+    re-parented (to init or a subreaper), so getppid() changing is the portable sign that the parent died."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)   # no clean-up to wait for: the consumer of our batches is gone
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
