@@ -134,7 +134,7 @@ dropout 0.05, bf16 compute with f32 master weights, seed 1337. The reference tra
 Prepare the data with the GPT-2 tokenizer first (BabiStories is not in ../shared; get it from the reference repo):
 
 ```bash
-python -m mosaic_jax.prepare_data --input=BabiStories/ --output=data/babistories_gpt2 --tokenizer=gpt2
+python -m mosaic_jax.prepare_data --input=BabiStories/ --out=data/babistories_gpt2 --tokenizer=gpt2
 ```
 
 ## Launch commands

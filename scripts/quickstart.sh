@@ -54,7 +54,7 @@ fi
   || { echo "quickstart: error: $PY lacks the packages of requirements.txt" >&2; exit 1; }
 
 # ---- 2. Data ----------------------------------------------------------------------------------------------
-PREP=(--output="$DATA" --tokenizer=sp:4096 --progress=false)
+PREP=(--out="$DATA" --tokenizer=sp:4096 --progress=false)
 SHARED_TS="$REPO/../shared/data/tinystories"
 if [[ -n "$INPUT" ]]; then
   echo "== preparing --input=$INPUT"

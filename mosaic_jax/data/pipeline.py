@@ -215,7 +215,7 @@ def _existing(output: str, fingerprint: str, identity: dict[str, Any]) -> dict[s
             differs.remove("options")  # only an option that applies to one side (tokenizer_sample_mb)
     raise DataError(
         f"{output}: holds a different prepared dataset (differs in {', '.join(differs) or 'fingerprint'}); "
-        "refusing to overwrite it: choose another --output or delete it"
+        "refusing to overwrite it: choose another --out or delete it"
     )
 
 

@@ -3,7 +3,7 @@ batch 512, AdamW(0.9, 0.95) lr 5e-3, 2k warm-up, cosine to 1e-4 at 80k steps, wd
 
 The reference ran 64 V100s x 8 sequences in fp16 autocast; here bfloat16 compute with float32 master weights.
 Prepare the data with the GPT-2 tokenizer (the reference's), e.g.
-    python -m mosaic_jax.prepare_data --input=BabiStories/ --output=data/babistories_gpt2 --tokenizer=gpt2
+    python -m mosaic_jax.prepare_data --input=BabiStories/ --out=data/babistories_gpt2 --tokenizer=gpt2
 On a small accelerator set train.microbatches so that each microbatch fits (the batch stays 512 sequences).
 """
 from mosaic_jax.configs import base_config
