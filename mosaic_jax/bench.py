@@ -257,9 +257,8 @@ def parse(argv: Optional[Sequence[str]]) -> types.SimpleNamespace:
         a.decode_tokens = min(a.decode_tokens, 4)
     try:
         check_args(a)
-        for flag in ("out", "plot"):
-            if getattr(a, flag):
-                cli_util.check_out_parent(flag, getattr(a, flag))
+        if a.out:   # appended to at the end: a missing folder would lose the whole run's rows
+            cli_util.check_out_parent("out", a.out)
     except ValueError as e:    # before anything is compiled
         raise SystemExit(cli_util.report("bench", e, cli_util.USAGE_EXIT))
     except cli_util.CommandError as e:

@@ -34,7 +34,7 @@ def _main(capsys, *argv):
 
 
 def test_local_dry_run(capsys, tmp_path):
-    rc, out, _ = _main(capsys, "run", "--name=w", f"--root={tmp_path}", "--grid=model.n_embd=32,64", "--dry-run",
+    rc, out, _ = _main(capsys, "run", "--name=w", f"--root={tmp_path}", "--grid=model.n_embd=32,64", "--dry_run",
                        "--command=python -m mosaic_jax.train", "--", "--config=experiments/configs/tiny_cpu.py")
     assert rc == 0
     assert out.splitlines() == [
@@ -45,7 +45,7 @@ def test_local_dry_run(capsys, tmp_path):
 
 def test_slurm_dry_run_is_one_job_array(capsys, tmp_path):
     rc, out, _ = _main(capsys, "run", "--name=lr", f"--root={tmp_path}", "--grid=train.lr=1e-3,3e-3,1e-2",
-                       "--mode=slurm", "--max-parallel=2", "--sbatch-args=--nodes=2 --partition=gpu", "--dry-run",
+                       "--mode=slurm", "--max_parallel=2", "--sbatch_args=--nodes=2 --partition=gpu", "--dry_run",
                        "--", "--config=experiments/configs/babistories_mm.py")
     assert rc == 0
     lines = out.splitlines()
