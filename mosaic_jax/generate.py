@@ -71,7 +71,7 @@ def _restore_params(path: pathlib.Path, cfg: ModelConfig, in_state: bool) -> Any
 def load_for_inference(workdir: str, step: Optional[int] = None, tokenizer: Optional[str] = None
                        ) -> tuple[ModelConfig, Any, Any]:
     """(ModelConfig, params, tokenizer) from a training workdir (see the module docstring)."""
-    wd = pathlib.Path(workdir)
+    wd = pathlib.Path(workdir).absolute()   # Orbax restores only absolute paths (--workdir=runs/x is relative)
     if not wd.is_dir():
         raise InferenceLoadError(f"--workdir={workdir}: no such folder")
     steps = _checkpoint_steps(wd / "checkpoints")
