@@ -5,7 +5,7 @@
 
 1. Prepares the TinyStories sample (../shared/data/tinystories, sentencepiece 4k, the same folder as
    scripts/quickstart.sh; a no-op when it exists).
-2. Trains four runs with the training CLI (`python -m mosaic_jax.train`, config experiments/configs/lm_by_depth.py):
+2. Trains four runs with the training CLI (`python -m mosaic_jax.train`, preset lm_by_depth):
    memory mosaic and GPT-2, depths 1 and 4, identical recipe, data order and token budget. Re-running resumes
    (or skips) finished runs; `--fresh` deletes the run folders first.
 3. Plots train and validation loss against tokens (Fig. 7) from each run's metrics.jsonl.
