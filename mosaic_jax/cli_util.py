@@ -63,7 +63,7 @@ def _own_flags(fv: flags.FlagValues) -> list[Any]:
 def help_text(prog: str, fv: flags.FlagValues, doc: str = "") -> str:
     lines = [(doc or "").strip("\n"), "", f"usage: {command_name(prog)} [flags]", "", "flags (default in parentheses):"]
     for f in _own_flags(fv):
-        default = "none" if f.default_as_str is None else f.default_as_str
+        default = "none" if f.default is None or f.default_as_str in (None, "'None'") else f.default_as_str
         name = f"--[no]{f.name}" if f.boolean else f"--{f.name}"
         lines.append(f"  {name} ({'default: ' + default})")
         lines.append(f"      {one_line(f.help)}")
