@@ -22,14 +22,18 @@ from mosaic_jax.data import ingest, loader, pipeline, store
 from mosaic_jax.data.errors import DataError
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_list("input", ["../shared/data/tinystories"], "Inputs to prepare (files, folders, globs).", flag_values=FLAGS)
+flags.DEFINE_list("input", ["../shared/data/tinystories"], "Inputs to prepare (files, folders, globs).",
+                  flag_values=FLAGS)
 flags.DEFINE_string("tokenizer", "sp:8192", "Tokenizer spec for prepare (see prepare_data).", flag_values=FLAGS)
 flags.DEFINE_string("prepared", None, "Skip the prepare benchmark and load this prepared folder.", flag_values=FLAGS)
 flags.DEFINE_list("prepare_workers", ["0"], "Tokenizer process counts to time (0 = auto).", flag_values=FLAGS)
 flags.DEFINE_integer("seq_len", 512, "Tokens per row (the reference uses 512).", flag_values=FLAGS)
-flags.DEFINE_integer("global_batch", 512, "Rows per step over all processes (the reference uses 512).", flag_values=FLAGS)
-flags.DEFINE_integer("process_count", 1, "Processes sharing the global batch; one process's slice is timed.", flag_values=FLAGS)
-flags.DEFINE_list("loader_workers", ["0", "2"], "grain mp_prefetch worker counts to time (0 = in-process).", flag_values=FLAGS)
+flags.DEFINE_integer("global_batch", 512, "Rows per step over all processes (the reference uses 512).",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("process_count", 1, "Processes sharing the global batch; one process's slice is timed.",
+                     flag_values=FLAGS)
+flags.DEFINE_list("loader_workers", ["0", "2"], "grain mp_prefetch worker counts to time (0 = in-process).",
+                  flag_values=FLAGS)
 flags.DEFINE_integer("steps", 100, "Timed steps per loader configuration (after warm-up).", flag_values=FLAGS)
 flags.DEFINE_list(
     "consumers",

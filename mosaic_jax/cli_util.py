@@ -22,6 +22,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from absl import flags
 
+from mosaic_jax import presets
+
 USAGE_EXIT, FAILURE_EXIT = 2, 1
 _HELP_ARGS = ("-h", "-help", "--help", "--helpshort", "--helpfull", "-?")
 
@@ -61,14 +63,16 @@ def _own_flags(fv: flags.FlagValues) -> list[Any]:
 
 
 def help_text(prog: str, fv: flags.FlagValues, doc: str = "") -> str:
-    lines = [(doc or "").strip("\n"), "", f"usage: {command_name(prog)} [flags]", "", "flags (default in parentheses):"]
+    lines = [(doc or "").strip("\n"), "", f"usage: {command_name(prog)} [flags]", "",
+             "flags (default in parentheses):"]
     for f in _own_flags(fv):
         default = "none" if f.default is None or f.default_as_str in (None, "'None'") else f.default_as_str
         name = f"--[no]{f.name}" if f.boolean else f"--{f.name}"
-        lines.append(f"  {name} ({'default: ' + default})")
+        lines.append(f"  {name} (default: {default})")
         lines.append(f"      {one_line(f.help)}")
         if f.name == "config":
-            lines.append("      Override any field with --config.<section>.<field>=VALUE (e.g. --config.train.steps=100).")
+            lines.append("      Override any field with --config.<section>.<field>=VALUE (e.g. "
+                         f"--config.train.steps=100); presets: {', '.join(presets.names())}.")
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
@@ -87,7 +91,7 @@ def _load_config_file(argv: Sequence[str]) -> Any:
     return module.get_config(arg) if arg else module.get_config()
 
 
-def _config_field_error(fv: flags.FlagValues, flag: str, argv: Sequence[str]) -> str:
+def _config_field_error(flag: str, argv: Sequence[str]) -> str:
     """`--config.train.stepz: no such config field (did you mean "steps"?)`, from the loaded config's keys."""
     hint = ""
     try:
@@ -127,20 +131,19 @@ def parse(prog: str, fv: flags.FlagValues, argv: Sequence[str], doc: str = "") -
         sys.stdout.flush()
         raise SystemExit(0)
     if "config" in fv:
-        from mosaic_jax import presets
         argv = presets.resolve_config_args(argv)
     fv.unparse_flags()
     try:
         return fv([prog, *argv])[1:]
     except flags.UnrecognizedFlagError as e:
         if e.flagname.startswith("config.") and "config" in fv:
-            raise SystemExit(report(prog, _config_field_error(fv, e.flagname, argv), USAGE_EXIT))
+            raise SystemExit(report(prog, _config_field_error(e.flagname, argv), USAGE_EXIT))
         raise SystemExit(report(prog, f"unknown flag --{e.flagname}{_suggest(e.flagname, fv)}", USAGE_EXIT))
     except flags.Error as e:
         raise SystemExit(report(prog, e, USAGE_EXIT))
     except (AttributeError, KeyError) as e:   # ml_collections: an override of a field the config lacks
         flag = _override_flag(e, argv)
-        raise SystemExit(report(prog, _config_field_error(fv, flag, argv) if flag else e, USAGE_EXIT))
+        raise SystemExit(report(prog, _config_field_error(flag, argv) if flag else e, USAGE_EXIT))
     except Exception as e:  # noqa: BLE001 - ml_collections runs the config file: any error in it is the user's
         raise SystemExit(report(prog, f"--config: {type(e).__name__}: {e}", USAGE_EXIT))
 
