@@ -4,8 +4,8 @@ a TPU v4-32 and an 8×H100 node, and a time/cost estimate from model FLOPs and M
     python experiments/full_scale.py                    # → experiments/results/full_scale/results.md
     python experiments/full_scale.py --smoke --out /tmp/fs
 
-Nothing is trained: the configs are the training engineer's `experiments/configs/babistories_mm.py` and
-`babistories_gpt2.py` (read, not changed). Parameter counts come from `jax.eval_shape` of the real model,
+Nothing is trained: the configs are the presets `babistories_mm` and
+`babistories_gpt2` (read, not changed). Parameter counts come from `jax.eval_shape` of the real model,
 FLOPs per token from `mosaic_jax.flops` (3 × forward matmul FLOPs, no causal halving, remat not counted),
 and the MFU "measured so far" from the CPU runs of experiments/lm_by_depth.py (runs/*/metrics.jsonl), when
 present. No accelerator MFU has been measured in this project yet, so the accelerator estimate is a range over
@@ -134,7 +134,7 @@ dropout 0.05, bf16 compute with f32 master weights, seed 1337. The reference tra
 Prepare the data with the GPT-2 tokenizer first (BabiStories is not in ../shared; get it from the reference repo):
 
 ```bash
-python -m mosaic_jax.prepare_data --input=BabiStories/ --output=data/babistories_gpt2 --tokenizer=gpt2
+python -m mosaic_jax.prepare_data --input=BabiStories/ --out=data/babistories_gpt2 --tokenizer=gpt2
 ```
 
 ## Launch commands
@@ -143,10 +143,10 @@ python -m mosaic_jax.prepare_data --input=BabiStories/ --output=data/babistories
 microbatches and rematerialise; check the fit first with `python -m mosaic_jax.aot ... --device_memory_gb=60`):
 
 ```bash
-sbatch launch/slurm_gpu.sbatch -- --config=experiments/configs/babistories_mm.py --workdir=/shared/runs/bs_mm \\
+sbatch launch/slurm_gpu.sbatch -- --config=babistories_mm --workdir=/shared/runs/bs_mm \\
     --config.data.path=/shared/data/babistories_gpt2 --config.mesh.fsdp=8 \\
     --config.train.microbatches=4 --config.model.remat=full
-sbatch launch/slurm_gpu.sbatch -- --config=experiments/configs/babistories_gpt2.py --workdir=/shared/runs/bs_gpt2 \\
+sbatch launch/slurm_gpu.sbatch -- --config=babistories_gpt2 --workdir=/shared/runs/bs_gpt2 \\
     --config.data.path=/shared/data/babistories_gpt2 --config.mesh.fsdp=8 \\
     --config.train.microbatches=4 --config.model.remat=full
 ```
@@ -155,18 +155,18 @@ TPU v4-32 (16 chips on 4 hosts; the settings the AOT check in docs/scaling.md fo
 
 ```bash
 launch/tpu_pod.sh --name=mm-v4 --zone=us-central2-b --accelerator-type=v4-32 -- \\
-    --config=experiments/configs/babistories_mm.py --workdir=/mnt/shared/runs/bs_mm \\
+    --config=babistories_mm --workdir=/mnt/shared/runs/bs_mm \\
     --config.data.path=/mnt/shared/data/babistories_gpt2 \\
     --config.mesh.fsdp=16 --config.train.microbatches=16 --config.model.remat=full
 launch/tpu_pod.sh --name=mm-v4 --zone=us-central2-b --skip-setup -- \\
-    --config=experiments/configs/babistories_gpt2.py --workdir=/mnt/shared/runs/bs_gpt2 \\
+    --config=babistories_gpt2 --workdir=/mnt/shared/runs/bs_gpt2 \\
     --config.data.path=/mnt/shared/data/babistories_gpt2 \\
     --config.mesh.fsdp=16 --config.train.microbatches=16 --config.model.remat=full
 ```
 
 Depth sweep for Fig. 7 (depths 1, 8, 12, 18; one run folder each): add `--config.model.n_layer=N` and a workdir
 per depth, or `python -m mosaic_jax.sweep run --name=depth --mode=slurm --grid=model.n_layer=1,8,12,18 --
---config=experiments/configs/babistories_mm.py` (and the same for `babistories_gpt2.py`).
+--config=babistories_mm` (and the same for `babistories_gpt2.py`).
 
 ## Time and cost estimate
 

@@ -5,7 +5,7 @@
 
 1. Prepares the TinyStories sample (../shared/data/tinystories, sentencepiece 4k, the same folder as
    scripts/quickstart.sh; a no-op when it exists).
-2. Trains four runs with the training CLI (`python -m mosaic_jax.train`, config experiments/configs/lm_by_depth.py):
+2. Trains four runs with the training CLI (`python -m mosaic_jax.train`, preset lm_by_depth):
    memory mosaic and GPT-2, depths 1 and 4, identical recipe, data order and token budget. Re-running resumes
    (or skips) finished runs; `--fresh` deletes the run folders first.
 3. Plots train and validation loss against tokens (Fig. 7) from each run's metrics.jsonl.
@@ -90,11 +90,11 @@ def prepare(a: argparse.Namespace, smoke_dir: pathlib.Path | None) -> str:
         (src / "valid.txt").write_text((TS / "valid_v1_prefix.txt").read_text(encoding="utf-8")[:8_000])
         data = smoke_dir / "data"
         run([sys.executable, "-m", "mosaic_jax.prepare_data", f"--input={src / 'train.txt'}",
-             f"--validation_input={src / 'valid.txt'}", f"--output={data}", "--tokenizer=byte", "--progress=false"])
+             f"--validation_input={src / 'valid.txt'}", f"--out={data}", "--tokenizer=byte", "--progress=false"])
         return str(data)
     run([sys.executable, "-m", "mosaic_jax.prepare_data",
          f"--input={TS / 'train_v1_prefix_a.txt'},{TS / 'train_v2gpt4_prefix.txt'}",
-         f"--validation_input={TS / 'valid_v1_prefix.txt'}", f"--output={a.data}", "--tokenizer=sp:4096",
+         f"--validation_input={TS / 'valid_v1_prefix.txt'}", f"--out={a.data}", "--tokenizer=sp:4096",
          "--progress=false"])
     return a.data
 

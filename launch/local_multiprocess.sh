@@ -24,11 +24,11 @@ Options:
   -l, --log-dir DIR            per-process logs (default: a new temporary folder)
   -t, --timeout S              start-up rendezvous timeout in seconds (MOSAIC_DISTRIBUTED_TIMEOUT, default 120)
       --python PY              interpreter for the default command (default: $PYTHON or python3)
-      --dry-run                print the commands (with their environment) and exit
+      --dry_run (or --dry-run) print the commands (with their environment) and exit
   -h, --help                   this help
 
 Example (2 processes x 4 devices = the same 8-device mesh as one process with 8):
-  launch/local_multiprocess.sh -n 2 -d 4 -- --config=experiments/configs/tiny_cpu.py --workdir=runs/mp
+  launch/local_multiprocess.sh -n 2 -d 4 -- --config=tiny_cpu --workdir=runs/mp
 EOF
 }
 
@@ -47,7 +47,7 @@ while [[ $# -gt 0 ]]; do
     -l|--log-dir) log_dir="$2"; shift 2 ;;
     -t|--timeout) timeout="$2"; shift 2 ;;
     --python) python="$2"; shift 2 ;;
-    --dry-run) dry_run=1; shift ;;
+    --dry_run|--dry-run) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
     *) break ;;

@@ -8,7 +8,7 @@ usage() {
   cat <<'EOF'
 Usage: launch/tpu_pod.sh --name=NAME --zone=ZONE [options] [--] TRAIN_FLAGS...
 
-Steps (each one a gcloud command; --dry-run prints them all and runs nothing):
+Steps (each one a gcloud command; --dry_run prints them all and runs nothing):
   1. create the TPU VM slice, unless one called NAME exists (then it is reused)
   2. copy this checkout (git-tracked and untracked-but-not-ignored files) to ~/mosaic_jax on every worker
   3. on every worker: a virtualenv ~/mosaic_venv with "jax[tpu]==<jax version of requirements.txt>" and requirements.txt
@@ -26,14 +26,14 @@ Options:
   --skip-setup               do not copy the code or install packages (already done on this slice)
   --delete                   delete the slice when the run ends
   --env=KEY=VALUE            exported on every worker before training (repeatable), e.g. --env=LIBTPU_INIT_ARGS=...
-  --dry-run                  print the commands, run nothing
+  --dry_run (or --dry-run)   print the commands, run nothing
   -h, --help                 this help
 
 TRAIN_FLAGS must give a --workdir that every worker can write and read (a shared filesystem such as a Filestore
 or gcsfuse mount): Orbax writes each worker's shards there and process 0 writes metrics. Example (v4-32 = 16
 chips on 4 hosts, pure FSDP):
   launch/tpu_pod.sh --name=mm-v4 --zone=us-central2-b --accelerator-type=v4-32 -- \
-    --config=experiments/configs/babistories_mm.py --workdir=/mnt/shared/runs/mm --config.mesh.fsdp=16
+    --config=babistories_mm --workdir=/mnt/shared/runs/mm --config.mesh.fsdp=16
 EOF
 }
 
@@ -58,7 +58,7 @@ while [[ $# -gt 0 ]]; do
     --spot) spot=1; shift ;;
     --skip-setup) skip_setup=1; shift ;;
     --delete) delete=1; shift ;;
-    --dry-run) dry_run=1; shift ;;
+    --dry_run|--dry-run) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
     -*) break ;;
@@ -70,7 +70,7 @@ if [[ -z "$name" || -z "$zone" ]]; then
   exit 2
 fi
 if [[ $# -eq 0 ]]; then
-  echo "tpu_pod.sh: no training flags given (e.g. -- --config=experiments/configs/babistories_mm.py --workdir=...)" >&2
+  echo "tpu_pod.sh: no training flags given (e.g. -- --config=babistories_mm --workdir=...)" >&2
   exit 2
 fi
 
@@ -96,7 +96,7 @@ quote() {   # a command line as one would type it: safe words bare, others in si
   echo "${out% }"
 }
 
-run() {   # print a command (to stdout); run it unless --dry-run
+run() {   # print a command (to stdout); run it unless --dry_run
   echo "+ $(quote "$@")"
   if [[ "$dry_run" -eq 0 ]]; then
     "$@"

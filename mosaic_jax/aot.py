@@ -2,11 +2,11 @@ r"""Ahead-of-time check: compile the real training step for a named mesh and rep
 cluster time is spent.
 
     # simulated CPU devices (any machine): the shardings, shapes and a CPU-compiler memory estimate
-    python -m mosaic_jax.aot --config=experiments/configs/babistories_mm.py --mesh=data=1,fsdp=8,tensor=1 \
+    python -m mosaic_jax.aot --config=babistories_mm --config.mesh.fsdp=8 \
         --num_devices=8 --config.model.vocab_size=50304 --device_memory_gb=80
     # a Cloud TPU slice, compiled by the TPU compiler without the TPU (needs libtpu: pip install "jax[tpu]")
-    python -m mosaic_jax.aot --config=experiments/configs/babistories_mm.py --topology=v4-32 \
-        --mesh=data=1,fsdp=16,tensor=1 --config.model.vocab_size=50304
+    python -m mosaic_jax.aot --config=babistories_mm --topology=v4-32 \
+        --config.mesh.fsdp=16 --config.model.vocab_size=50304
 
 What is compiled is `train_step.jit_train_step(make_train_step(...))`, the function `mosaic_jax.train` runs,
 lowered on abstract inputs (`jax.ShapeDtypeStruct`s carrying the mesh's shardings): nothing is allocated, so a
@@ -30,9 +30,13 @@ import json
 import math
 import os
 import re
-import sys
 import time
 from typing import Any, Optional, Sequence
+
+from absl import flags
+from ml_collections import config_flags
+
+from mosaic_jax import cli_util
 
 MESH_AXES = ("data", "fsdp", "tensor")
 GIB = 1024 ** 3
@@ -107,29 +111,6 @@ def topology_devices(spec: TopologySpec) -> list[Any]:
         raise AotError(f"--topology={spec.name} ({spec.topology_name}): libtpu could not describe it: "
                        f"{' '.join(str(e).split())[:300]}") from None
     return list(topo.devices)
-
-
-def parse_mesh(text: str) -> tuple[int, int, int]:
-    """'data=1,fsdp=8,tensor=1' (omitted axes: 1; one axis may be -1) or '1,8,1'."""
-    text = text.strip()
-    if not text:
-        raise AotError("--mesh is empty")
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if all("=" not in p for p in parts):
-        if len(parts) != 3:
-            raise AotError(f"--mesh={text!r}: give data,fsdp,tensor sizes or data=..,fsdp=..,tensor=..")
-        values = dict(zip(MESH_AXES, parts))
-    else:
-        values = {}
-        for p in parts:
-            k, _, v = p.partition("=")
-            if k.strip() not in MESH_AXES:
-                raise AotError(f"--mesh: unknown axis {k.strip()!r} (axes: {', '.join(MESH_AXES)})")
-            values[k.strip()] = v
-    try:
-        return tuple(int(values.get(a, 1)) for a in MESH_AXES)  # type: ignore[return-value]
-    except ValueError:
-        raise AotError(f"--mesh={text!r}: sizes must be integers") from None
 
 
 def _nbytes(shape: Sequence[int], dtype: Any) -> int:
@@ -278,34 +259,32 @@ def _data_vocab(config: Any) -> Optional[int]:
         return None
 
 
-def main(argv: Sequence[str]) -> None:
-    from absl import app, flags
-    FLAGS = flags.FLAGS
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+FLAGS = flags.FlagValues()
+config_flags.DEFINE_config_file("config", None, "A preset name (babistories_mm, tiny_cpu, ...) or an ml_collections "
+                                "config file; the mesh is --config.mesh.data/fsdp/tensor.", flag_values=FLAGS)
+flags.DEFINE_integer("num_devices", None, "Simulated CPU devices (default: the mesh's product).", lower_bound=1,
+                     flag_values=FLAGS)
+flags.DEFINE_string("topology", None, "TPU slice to compile for without a TPU (needs libtpu): v4-32, "
+                    "v5p-64, v5e-16, v6e-32 or v4:2x2x4.", flag_values=FLAGS)
+flags.DEFINE_float("device_memory_gb", None, "Memory per device in GiB for the fit verdict (H100 80, H200 141; "
+                   "default with --topology: the chip's HBM). Exit status 3 when it does not fit.", lower_bound=0.0,
+                   flag_values=FLAGS)
+flags.DEFINE_string("out", None, "Also write the report as JSON to this file.", flag_values=FLAGS)
 
-    def fail(message: str) -> None:
-        print(f"aot: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
-        sys.exit(1)
 
-    try:
-        config = FLAGS["config"].value
-        if config is None:
-            fail("--config is required (e.g. --config=experiments/configs/babistories_mm.py)")
-        config.keys()
-    except SystemExit:
-        raise
-    except Exception as e:  # noqa: BLE001 - config_flags defers load errors
-        fail(f"cannot load --config: {[ln for ln in str(e).splitlines() if ln.strip()][-1]}")
+def _aot(rest: list[str]) -> int:
+    config = cli_util.load_config(FLAGS, example="babistories_mm")
+    if FLAGS.out:
+        cli_util.check_out_parent("out", FLAGS.out)
 
     import jax
     from mosaic_jax.configs import ConfigError
     try:
-        mesh = parse_mesh(FLAGS.mesh) if FLAGS.mesh else (config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+        mesh = (config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
         memory = FLAGS.device_memory_gb
         if FLAGS.topology:
             if FLAGS.num_devices:
-                raise AotError("give either --topology or --num_devices, not both")
+                raise cli_util.UsageError("give either --topology or --num_devices, not both")
             spec = parse_topology(FLAGS.topology)
             jax.config.update("jax_platforms", "cpu")   # the host backend; the TPU is compile-only
             devices = topology_devices(spec)
@@ -314,7 +293,7 @@ def main(argv: Sequence[str]) -> None:
         else:
             n = FLAGS.num_devices or (math.prod(mesh) if min(mesh) > 0 else 0)
             if n <= 0:
-                raise AotError("--num_devices is required when the mesh has a -1 axis")
+                raise cli_util.UsageError("--num_devices is required when the mesh has a -1 axis")
             jax.config.update("jax_platforms", "cpu")
             jax.config.update("jax_num_cpu_devices", n)
             devices = jax.devices()
@@ -322,28 +301,21 @@ def main(argv: Sequence[str]) -> None:
         vocab = _data_vocab(config) if not config.model.vocab_size else None
         report = analyze(config, mesh, devices, vocab, memory, label)
     except (AotError, ConfigError) as e:
-        fail(str(e))
+        raise cli_util.CommandError(str(e)) from None
     print(format_report(report), flush=True)
-    if FLAGS.json:
-        with open(FLAGS.json, "w") as fh:
+    if FLAGS.out:
+        with open(FLAGS.out, "w") as fh:
             json.dump(report, fh, indent=1)
-    if report["fits"] is False:
-        sys.exit(3)
+    return 3 if report["fits"] is False else 0
 
 
-def _cli() -> None:
-    from absl import app, flags
-    from ml_collections import config_flags
-    config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/configs/*.py).")
-    flags.DEFINE_string("mesh", None, "Mesh shape, e.g. data=1,fsdp=8,tensor=1 (default: the config's mesh).")
-    flags.DEFINE_integer("num_devices", None, "Simulated CPU devices (default: the mesh's product).")
-    flags.DEFINE_string("topology", None, "TPU slice to compile for without a TPU (needs libtpu): v4-32, "
-                        "v5p-64, v5e-16, v6e-32 or v4:2x2x4.")
-    flags.DEFINE_float("device_memory_gb", None, "Memory per device in GiB for the fit verdict (H100 80, "
-                       "H200 141; default with --topology: the chip's HBM). Exit status 3 when it does not fit.")
-    flags.DEFINE_string("json", None, "Also write the report as JSON here.")
-    app.run(main)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The CLI; returns the exit status (2: bad flags, 1: bad config or mesh, 3: does not fit)."""
+    return cli_util.run("aot", FLAGS, _aot, argv, doc=__doc__)
+
+
+cli = cli_util.exit_with(main)
 
 
 if __name__ == "__main__":
-    _cli()
+    cli()

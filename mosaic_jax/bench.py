@@ -21,7 +21,6 @@ Memory: per row, XLA's compiled footprint of the step (arguments + outputs + tem
 """
 from __future__ import annotations
 
-import argparse
 import atexit
 import dataclasses
 import json
@@ -32,12 +31,14 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+from absl import flags
 
-from mosaic_jax import bench_report, flops, model, optim, train_state, train_step
+from mosaic_jax import bench_report, cli_util, flops, model, optim, train_state, train_step
 from mosaic_jax.config import ModelConfig
 
 # name -> (n_layer, n_embd, n_head, pmem_size, vocab_size); P = 3.5·C gives the GPT-2 layer's FLOPs/params
@@ -220,43 +221,55 @@ def finish(v: Variant, peak: tuple[Optional[float], str], load: tuple[float, flo
     return r
 
 
-def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m mosaic_jax.bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke", action="store_true", help="CI smoke test: tiny model, 2 rounds, train + decode")
-    ap.add_argument("--arch", default="mosaic,gpt2", help="comma list: mosaic, gpt2")
-    ap.add_argument("--size", default="cpu", help=f"comma list of {sorted(SIZES)}")
-    ap.add_argument("--seq", default="256", help="comma list of sequence lengths")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--dtype", default="float32", help="comma list: float32, bfloat16")
-    ap.add_argument("--impl", default="fast", help="comma list: fast (config defaults: auto), plain (all dense)")
-    ap.add_argument("--remat", default="none", help="none | full | dots")
-    ap.add_argument("--dropout", type=float, default=0.0, help="ic/hd dropout (0: the reference comparison)")
-    ap.add_argument("--rounds", type=int, default=10, help="timed interleaved rounds (one step per variant each)")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps per variant after compiling")
-    ap.add_argument("--pause", type=float, default=0.2, help="seconds of idle before each timed step")
-    ap.add_argument("--decode", action="store_true", help="also time decoding (prefill --seq/2, then new tokens)")
-    ap.add_argument("--decode_tokens", type=int, default=64)
-    ap.add_argument("--torch", default="", help="comma list: eager, compile (PyTorch reference rows, CPU only)")
-    ap.add_argument("--peak_flops", type=float, default=0.0, help="per-device peak FLOP/s (0: table/measured)")
-    ap.add_argument("--markdown", action="store_true", help="print a markdown table after the JSON lines")
-    ap.add_argument("--out", default="", help="also append the JSON lines to this file")
-    ap.add_argument("--plot", default="", help="also write a PNG bar chart of training tokens/s to this path")
-    a = ap.parse_args(argv)
+FLAGS = flags.FlagValues()
+flags.DEFINE_bool("smoke", False, "CI smoke test: tiny model, 2 rounds, train + decode.", flag_values=FLAGS)
+flags.DEFINE_string("arch", "mosaic,gpt2", "Comma list: mosaic, gpt2.", flag_values=FLAGS)
+flags.DEFINE_string("size", "cpu", f"Comma list of {sorted(SIZES)}.", flag_values=FLAGS)
+flags.DEFINE_string("seq", "256", "Comma list of sequence lengths.", flag_values=FLAGS)
+flags.DEFINE_integer("batch", 8, "Rows per step.", flag_values=FLAGS)
+flags.DEFINE_string("dtype", "float32", "Comma list: float32, bfloat16.", flag_values=FLAGS)
+flags.DEFINE_string("impl", "fast", "Comma list: fast (config defaults: auto), plain (all dense), each optionally "
+                    "+field=value.", flag_values=FLAGS)
+flags.DEFINE_enum("remat", "none", ["none", "full", "dots"], "Rematerialisation.", flag_values=FLAGS)
+flags.DEFINE_float("dropout", 0.0, "ic/hd dropout (0: the reference comparison).", lower_bound=0.0,
+                   flag_values=FLAGS)
+flags.DEFINE_integer("rounds", 10, "Timed interleaved rounds (one step per variant each).", flag_values=FLAGS)
+flags.DEFINE_integer("warmup", 3, "Untimed steps per variant after compiling.", lower_bound=0, flag_values=FLAGS)
+flags.DEFINE_float("pause", 0.2, "Seconds of idle before each timed step.", lower_bound=0.0, flag_values=FLAGS)
+flags.DEFINE_bool("decode", False, "Also time decoding (prefill --seq/2, then new tokens).", flag_values=FLAGS)
+flags.DEFINE_integer("decode_tokens", 64, "New tokens per decode timing.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_string("torch", "", "Comma list: eager, compile (PyTorch reference rows, CPU only).", flag_values=FLAGS)
+flags.DEFINE_float("peak_flops", 0.0, "Per-device peak FLOP/s (0: table/measured).", lower_bound=0.0,
+                   flag_values=FLAGS)
+flags.DEFINE_bool("markdown", False, "Print a markdown table after the JSON lines.", flag_values=FLAGS)
+flags.DEFINE_string("out", "", "Also append the JSON lines to this file.", flag_values=FLAGS)
+flags.DEFINE_string("plot", "", "Also write a PNG bar chart of training tokens/s to this path.", flag_values=FLAGS)
+
+
+def parse(argv: Optional[Sequence[str]]) -> types.SimpleNamespace:
+    """The flags (cli_util: --help exits 0; a bad flag or value is one line `bench: error: ...`, exit 2)."""
+    rest = cli_util.parse("bench", FLAGS, sys.argv[1:] if argv is None else argv, __doc__)
+    if rest:
+        raise SystemExit(cli_util.report("bench", f"unexpected arguments: {' '.join(rest)}", cli_util.USAGE_EXIT))
+    a = cli_util.namespace(FLAGS)
     if a.smoke:
         a.size, a.seq, a.batch, a.rounds, a.warmup, a.decode = "tiny", "32", 2, min(a.rounds, 2), 1, True
         a.decode_tokens = min(a.decode_tokens, 4)
     try:
         check_args(a)
-    except ValueError as e:
-        ap.error(str(e))    # one line, exit status 2, before anything is compiled
+        if a.out:   # appended to at the end: a missing folder would lose the whole run's rows
+            cli_util.check_out_parent("out", a.out)
+    except ValueError as e:    # before anything is compiled
+        raise SystemExit(cli_util.report("bench", e, cli_util.USAGE_EXIT))
+    except cli_util.CommandError as e:
+        raise SystemExit(cli_util.report("bench", e, cli_util.FAILURE_EXIT))
     return a
 
 
 CHOICES = {"arch": ("mosaic", "gpt2"), "dtype": ("float32", "bfloat16"), "torch": ("eager", "compile")}
 
 
-def check_args(a: argparse.Namespace) -> None:
+def check_args(a: Any) -> None:
     """Every comma-list value is one the harness knows, so a typo fails now, not after minutes of compiling."""
     for name, allowed in CHOICES.items() | {("size", tuple(SIZES))}:
         for x in getattr(a, name).split(","):
@@ -329,5 +342,10 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     return rows
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point (mosaic-bench)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -13,29 +13,34 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
-from absl import app, flags
+from absl import flags
 
-from mosaic_jax.data import loader, pipeline, store
+from mosaic_jax import cli_util
+from mosaic_jax.data import ingest, loader, pipeline, store
+from mosaic_jax.data.errors import DataError
 
-flags.DEFINE_list("input", ["../shared/data/tinystories"], "Inputs to prepare (files, folders, globs).")
-flags.DEFINE_string("tokenizer", "sp:8192", "Tokenizer spec for prepare (see prepare_data).")
-flags.DEFINE_string("prepared", None, "Skip the prepare benchmark and load this prepared folder.")
-flags.DEFINE_list("prepare_workers", ["0"], "Tokenizer process counts to time (0 = auto).")
-flags.DEFINE_integer("seq_len", 512, "Tokens per row (the reference uses 512).")
-flags.DEFINE_integer("global_batch", 512, "Rows per step over all processes (the reference uses 512).")
-flags.DEFINE_integer("process_count", 1, "Processes sharing the global batch; one process's slice is timed.")
-flags.DEFINE_list("loader_workers", ["0", "2"], "grain mp_prefetch worker counts to time (0 = in-process).")
-flags.DEFINE_integer("steps", 100, "Timed steps per loader configuration (after warm-up).")
+FLAGS = flags.FlagValues()
+flags.DEFINE_list("input", ["../shared/data/tinystories"], "Inputs to prepare (files, folders, globs).",
+                  flag_values=FLAGS)
+flags.DEFINE_string("tokenizer", "sp:8192", "Tokenizer spec for prepare (see prepare_data).", flag_values=FLAGS)
+flags.DEFINE_string("prepared", None, "Skip the prepare benchmark and load this prepared folder.", flag_values=FLAGS)
+flags.DEFINE_list("prepare_workers", ["0"], "Tokenizer process counts to time (0 = auto).", flag_values=FLAGS)
+flags.DEFINE_integer("seq_len", 512, "Tokens per row (the reference uses 512).", flag_values=FLAGS)
+flags.DEFINE_integer("global_batch", 512, "Rows per step over all processes (the reference uses 512).",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("process_count", 1, "Processes sharing the global batch; one process's slice is timed.",
+                     flag_values=FLAGS)
+flags.DEFINE_list("loader_workers", ["0", "2"], "grain mp_prefetch worker counts to time (0 = in-process).",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("steps", 100, "Timed steps per loader configuration (after warm-up).", flag_values=FLAGS)
 flags.DEFINE_list(
     "consumers",
     ["cpu-2core-reference=3267", "2xGV100-reference=43116", "8xH100-estimate=4000000"],
     "name=tokens/s a training host consumes. Defaults: the torch reference on 2 CPU cores (measured, "
     "spec/performance_notes.md); the reference README's 2×GV100 at 190 ms per 2×8×512-token step; an "
-    "8×H100 host on the 12L/768 model at ~40% MFU (an estimate, 6·N FLOPs/token).",
-)
-FLAGS = flags.FLAGS
+    "8×H100 host on the 12L/768 model at ~40% MFU (an estimate, 6·N FLOPs/token).", flag_values=FLAGS)
 
 
 def bench_prepare(inputs: Sequence[str], tokenizer: str, workers: int, folder: str) -> pipeline.PrepareResult:
@@ -69,8 +74,19 @@ def bench_loader(src: loader.BatchSource, workers: int, steps: int, process_coun
     return delivered
 
 
-def main(argv: Sequence[str]) -> None:
-    del argv
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The CLI; returns the exit status."""
+    return cli_util.run("bench_data", FLAGS, _bench, argv, doc=__doc__, errors=(DataError,))
+
+
+cli = cli_util.exit_with(main)
+
+
+def _bench(rest: list[str]) -> int:
+    if FLAGS.prepared:
+        store.read_manifest(FLAGS.prepared)   # a missing folder fails now, in one line
+    else:
+        ingest.expand_inputs(FLAGS.input)   # missing inputs fail now, in one line
     print(f"cpu cores: {os.cpu_count()}")
     tmp = None
     try:
@@ -99,4 +115,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli()

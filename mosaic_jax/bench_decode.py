@@ -2,7 +2,7 @@
 
     python -m mosaic_jax.bench_decode [--arch=mosaic] [--positions=64,128,256,512,1024,2048,4096] [--batch=1]
         [--n_layer=4 --n_embd=128 --n_head=4 --pmem_size=448 --vocab_size=4096] [--rounds=5 --steps=8]
-        [--json_out=FILE]
+        [--out=FILE]
 
 At each position P (random tokens, random weights: speed does not depend on them), after a prefill of P tokens,
 `rounds` rounds each time `steps` single decoder steps and one full-recompute forward, interleaved so both see
@@ -17,7 +17,6 @@ and the speed-up from minima and from medians. Prints a markdown table.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
@@ -26,8 +25,9 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
-from mosaic_jax import decode
+from mosaic_jax import cli_util, decode
 from mosaic_jax.config import ModelConfig
 from mosaic_jax.model import apply, init_params
 
@@ -102,24 +102,40 @@ def table(rows: Sequence[dict[str, float]], batch: int, window_s: Optional[float
     return "\n".join(lines)
 
 
+FLAGS = flags.FlagValues()
+flags.DEFINE_enum("arch", "mosaic", ["mosaic", "gpt2"], "Architecture.", flag_values=FLAGS)
+flags.DEFINE_list("positions", ["64", "128", "256", "512", "1024", "2048", "4096"], "Positions to time.",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("batch", 1, "Sequences decoded together.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("n_layer", 4, "Layers.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("n_embd", 128, "Width.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("n_head", 4, "Heads.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("pmem_size", 448, "Persistent-memory slots.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("vocab_size", 4096, "Vocabulary.", lower_bound=2, flag_values=FLAGS)
+flags.DEFINE_integer("block_size", 128, "Training window (mosaic: only the window line).", lower_bound=1,
+                     flag_values=FLAGS)
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.", flag_values=FLAGS)
+flags.DEFINE_integer("rounds", 5, "Rounds per position: each times --steps decoder steps and one full-recompute "
+                     "forward.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("steps", 8, "Timed decoder steps per round.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_string("out", "", "Also write the rows as JSON to this file.", flag_values=FLAGS)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mosaic_jax.bench_decode", description=__doc__.split("\n")[0])
-    p.add_argument("--arch", default="mosaic", choices=("mosaic", "gpt2"))
-    p.add_argument("--positions", default="64,128,256,512,1024,2048,4096")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--n_layer", type=int, default=4)
-    p.add_argument("--n_embd", type=int, default=128)
-    p.add_argument("--n_head", type=int, default=4)
-    p.add_argument("--pmem_size", type=int, default=448)
-    p.add_argument("--vocab_size", type=int, default=4096)
-    p.add_argument("--block_size", type=int, default=128, help="training window (mosaic: only the window line)")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--rounds", type=int, default=5, help="rounds per position: each times --steps decoder "
-                   "steps and one full-recompute forward")
-    p.add_argument("--steps", type=int, default=8, help="timed decoder steps per round")
-    p.add_argument("--json_out", default="")
-    args = p.parse_args(argv)
-    positions = [int(x) for x in args.positions.split(",")]
+    """The CLI; returns the exit status."""
+    return cli_util.run("bench_decode", FLAGS, _bench, argv, doc=__doc__)
+
+
+cli = cli_util.exit_with(main)
+
+
+def _bench(rest: list[str]) -> int:
+    args = cli_util.namespace(FLAGS)
+    if args.out:
+        cli_util.check_out_parent("out", args.out)
+    if not all(x.isdigit() and int(x) > 0 for x in args.positions):
+        raise cli_util.UsageError(f"--positions={','.join(args.positions)}: positive integers")
+    positions = [int(x) for x in args.positions]
     block = args.block_size if args.arch == "mosaic" else max(max(positions) + args.rounds * args.steps + 2,
                                                                 args.block_size)
     cfg = ModelConfig(arch=args.arch, n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
@@ -137,11 +153,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         window_s = window_recompute(cfg, params, args.batch, args.rounds)
     print()
     print(table(rows, args.batch, window_s, cfg.block_size))
-    if args.json_out:
-        with open(args.json_out, "w") as f:
+    if args.out:
+        with open(args.out, "w") as f:
             json.dump({"header": header, "rows": rows, "window_s": window_s}, f, indent=1)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli()

@@ -1,7 +1,7 @@
 """Training configuration: an ml_collections ConfigDict with sections `model`, `data`, `train`, `mesh`.
 
-Experiment files (`experiments/configs/*.py`) start from `base_config()` and change a few fields; the command
-line overrides any field (`--config.train.steps=100`). The dict is locked, so a misspelt field is an error.
+Experiment presets (`mosaic_jax/presets/*.py`, `--config=NAME`) start from `base_config()` and change a few
+fields; the command line overrides any field (`--config.train.steps=100`). The dict is locked, so a misspelt field is an error.
 `resolve()` validates everything up front and fills the derived fields (vocab size from the data, decay
 steps = steps, ...) so that bad input fails before anything is written.
 """

@@ -12,7 +12,6 @@ then shows what happens past the training window). Writes `eval.json`, `per_posi
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -21,7 +20,9 @@ import sys
 from typing import Any, Optional, Sequence
 
 import numpy as np
+from absl import flags
 
+from mosaic_jax import cli_util
 from mosaic_jax.config import ModelConfig
 
 
@@ -30,7 +31,7 @@ def corpus_windows(ids: Sequence[int], window: int) -> np.ndarray:
     ids = np.asarray(ids, np.int32)
     n = (len(ids) - 1) // window
     if n < 1:
-        raise ValueError(f"the input has {len(ids)} tokens: fewer than one window of {window}+1")
+        raise ValueError(f"the input has {len(ids)} tokens: fewer than one window of {window + 1} tokens")
     idx = np.arange(n)[:, None] * window + np.arange(window + 1)[None]
     return ids[idx]
 
@@ -124,47 +125,61 @@ def _token_labels(tok: Any, ids: Sequence[int]) -> list[str]:
     return [repr(tok.decode([i]))[1:-1] or f"<{i}>" for i in ids]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mosaic_jax.evaluate", description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--input", default="", help="comma-separated text files to score")
-    p.add_argument("--window", type=int, default=0, help="tokens of context per window (0: block_size)")
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--max_windows", type=int, default=0, help="score at most this many windows (0: all)")
-    p.add_argument("--out", default="", help="output folder (default: WORKDIR/eval)")
-    p.add_argument("--attention_text", default="", help="plot attention maps over this text")
-    p.add_argument("--attention_layer", type=int, default=0)
-    p.add_argument("--attention_head", type=int, default=-1, help="-1: every head of the layer")
-    p.add_argument("--step", type=int, default=None)
-    p.add_argument("--tokenizer", default=None)
-    return p
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("workdir", None, "Training run folder (checkpoints/ or export/).", flag_values=FLAGS)
+flags.DEFINE_list("input", [], "Comma-separated text files to score (plain text, JSONL or gzip, decoded as "
+                  "prepare_data does).", flag_values=FLAGS)
+flags.DEFINE_integer("window", 0, "Tokens of context per window (0: block_size).", lower_bound=0, flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 8, "Windows per forward pass.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("max_windows", 0, "Score at most this many windows (0: all).", lower_bound=0, flag_values=FLAGS)
+flags.DEFINE_string("out", "", "Output folder (default: WORKDIR/eval).", flag_values=FLAGS)
+flags.DEFINE_string("attention_text", "", "Plot attention maps over this text.", flag_values=FLAGS)
+flags.DEFINE_integer("attention_layer", 0, "Layer of the attention maps.", flag_values=FLAGS)
+flags.DEFINE_integer("attention_head", -1, "Head of the attention maps (-1: every head of the layer).",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("step", None, "Checkpoint step (default: newest).", flag_values=FLAGS)
+flags.DEFINE_string("tokenizer", None, "Tokenizer spec, if the run's data folder moved.", flag_values=FLAGS)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    from mosaic_jax.generate import InferenceLoadError, load_for_inference
+def read_corpus(files: Sequence[str], tok: Any) -> list[int]:
+    """Token ids of `files` joined by EOS; each file is one document, read like prepare_data reads it
+    (gzip, JSONL objects, UTF-8 with undecodable bytes replaced by U+FFFD and counted, binary refused)."""
+    from mosaic_jax.data import ingest
+    ids: list[int] = []
+    for f in files:
+        if not pathlib.Path(f).is_file():
+            raise cli_util.CommandError(f"--input: {f}: file not found")
+        reader = ingest.SourceReader(f, separator="file")
+        for doc in reader.documents():
+            ids += tok.encode(doc) + [tok.eos_id]
+        if reader.replaced_bytes:
+            print(f"{f}: {reader.replaced_bytes} undecodable bytes replaced by U+FFFD", file=sys.stderr)
+    return ids
 
+
+def _evaluate(rest: list[str]) -> int:
+    args = cli_util.namespace(FLAGS)
+    from mosaic_jax.data.errors import DataError
+    from mosaic_jax.generate import load_for_inference
+
+    if not args.workdir:
+        raise cli_util.UsageError("--workdir is required")
     if not args.input and not args.attention_text:
-        print("error: give --input (scoring) and/or --attention_text (attention maps)", file=sys.stderr)
-        return 1
+        raise cli_util.UsageError("give --input (scoring) and/or --attention_text (attention maps)")
     try:
         cfg, params, tok = load_for_inference(args.workdir, args.step, args.tokenizer)
         window = args.window or cfg.block_size
         if cfg.arch == "gpt2" and window > cfg.block_size:
-            raise ValueError(f"--window={window} exceeds the GPT-2 block_size {cfg.block_size} (learned positions)")
+            raise cli_util.UsageError(f"--window={window} exceeds the GPT-2 block_size {cfg.block_size} "
+                                      "(learned positions)")
         out_dir = pathlib.Path(args.out or pathlib.Path(args.workdir) / "eval")
         if args.input:
-            ids: list[int] = []
-            for f in args.input.split(","):
-                try:
-                    ids += tok.encode(pathlib.Path(f).read_text(encoding="utf-8")) + [tok.eos_id]
-                except OSError as e:
-                    raise ValueError(f"--input: {f}: {e.strerror}") from None
-            windows = corpus_windows(ids, window)
+            windows = corpus_windows(read_corpus(args.input, tok), window)
             if args.max_windows:
                 windows = windows[:args.max_windows]
             summary = summarize(score_windows(cfg, params, windows, args.batch_size))
-            summary.update(workdir=str(args.workdir), input=args.input, arch=cfg.arch, block_size=cfg.block_size)
+            summary.update(workdir=str(args.workdir), input=",".join(args.input), arch=cfg.arch,
+                           block_size=cfg.block_size)
             for path in write_outputs(out_dir, summary, cfg.block_size, f"{cfg.arch} on {len(windows)} windows"):
                 print(f"wrote {path}")
             print(f"loss {summary['loss']:.4f} | perplexity {summary['perplexity']:.2f} | "
@@ -175,20 +190,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             layer = args.attention_layer
             heads = range(cfg.n_head) if args.attention_head < 0 else [args.attention_head]
             if not 0 <= layer < cfg.n_layer or any(not 0 <= h < cfg.n_head for h in heads):
-                raise ValueError(f"--attention_layer/--attention_head out of range ({cfg.n_layer} layers, "
-                                 f"{cfg.n_head} heads)")
+                raise cli_util.UsageError(f"--attention_layer/--attention_head out of range ({cfg.n_layer} layers, "
+                                          f"{cfg.n_head} heads)")
             if cfg.arch == "gpt2" and len(ids) > cfg.block_size:
-                raise ValueError(f"--attention_text has {len(ids)} tokens > GPT-2 block_size {cfg.block_size}")
+                raise cli_util.UsageError(f"--attention_text has {len(ids)} tokens > GPT-2 block_size "
+                                          f"{cfg.block_size}")
             maps = np.asarray(attention_maps(cfg, params, np.asarray([ids], np.int32)))[layer, 0]
             out_dir.mkdir(parents=True, exist_ok=True)
             name = f"attention_L{layer}_H{'all' if args.attention_head < 0 else args.attention_head}.png"
             plot_attention(maps, list(heads), _token_labels(tok, ids), layer, out_dir / name, cfg.arch)
             print(f"wrote {out_dir / name}")
-    except (InferenceLoadError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (DataError, ValueError) as e:
+        raise cli_util.CommandError(str(e)) from None
     return 0
 
 
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The CLI; returns the exit status (2: bad flags, 1: unreadable run or input)."""
+    from mosaic_jax.generate import InferenceLoadError
+    return cli_util.run("evaluate", FLAGS, _evaluate, argv, doc=__doc__, errors=(InferenceLoadError,))
+
+
+cli = cli_util.exit_with(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

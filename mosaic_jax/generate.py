@@ -12,12 +12,14 @@ else the copy training keeps in `workdir/tokenizer/` (the data folder moved); th
 """
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
 from typing import Any, Optional, Sequence
 
+from absl import flags
+
+from mosaic_jax import cli_util
 from mosaic_jax.config import ModelConfig
 
 
@@ -69,7 +71,7 @@ def _restore_params(path: pathlib.Path, cfg: ModelConfig, in_state: bool) -> Any
 def load_for_inference(workdir: str, step: Optional[int] = None, tokenizer: Optional[str] = None
                        ) -> tuple[ModelConfig, Any, Any]:
     """(ModelConfig, params, tokenizer) from a training workdir (see the module docstring)."""
-    wd = pathlib.Path(workdir)
+    wd = pathlib.Path(workdir).absolute()   # Orbax restores only absolute paths (--workdir=runs/x is relative)
     if not wd.is_dir():
         raise InferenceLoadError(f"--workdir={workdir}: no such folder")
     steps = _checkpoint_steps(wd / "checkpoints")
@@ -166,46 +168,56 @@ class TextStream:
         self.out.flush()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mosaic_jax.generate", description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", required=True, help="training run folder (checkpoints/ or export/)")
-    p.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
-    p.add_argument("--max_new_tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top_k", type=int, default=0, help="0: off")
-    p.add_argument("--top_p", type=float, default=1.0, help="1: off")
-    p.add_argument("--greedy", action="store_true", help="argmax decoding (= --temperature=0)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num_samples", type=int, default=1, help="samples drawn in one batch (streamed when 1)")
-    p.add_argument("--past_window", choices=("continue", "recompute"), default="continue",
-                   help="past block_size: keep decoding incrementally (mosaic) or recompute the last block_size "
-                        "tokens for each new one (the reference)")
-    p.add_argument("--max_len", type=int, default=0, help="decoder cache size (0: prompt + max_new_tokens)")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer spec, if the run's data folder moved")
-    p.add_argument("--no_eos_prefix", action="store_true",
-                   help="do not put EOS before the prompt (training data is `doc EOS doc EOS ...`, so a prompt "
-                        "that starts a document follows an EOS)")
-    p.add_argument("--no_stream", action="store_true", help="print the text only at the end")
-    return p
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("workdir", None, "Training run folder (checkpoints/ or export/).", flag_values=FLAGS)
+flags.DEFINE_string("prompt", "", "Text to continue (empty: start a new document).", flag_values=FLAGS)
+flags.DEFINE_integer("max_new_tokens", 200, "Tokens to generate.", lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_float("temperature", 0.8, "Sampling temperature (0: greedy).", lower_bound=0.0, flag_values=FLAGS)
+flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0: off).", lower_bound=0, flag_values=FLAGS)
+flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1: off).", lower_bound=0.0, upper_bound=1.0,
+                   flag_values=FLAGS)
+flags.DEFINE_bool("greedy", False, "Argmax decoding (= --temperature=0).", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "Sampling seed.", flag_values=FLAGS)
+flags.DEFINE_integer("num_samples", 1, "Samples drawn in one batch (streamed when 1).", lower_bound=1,
+                     flag_values=FLAGS)
+flags.DEFINE_enum("past_window", "continue", ["continue", "recompute"], "Past block_size: keep decoding "
+                  "incrementally (mosaic) or recompute the last block_size tokens for each new one (the reference).",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("max_len", 0, "Decoder cache size (0: prompt + max_new_tokens).", lower_bound=0,
+                     flag_values=FLAGS)
+flags.DEFINE_integer("step", None, "Checkpoint step (default: newest).", flag_values=FLAGS)
+flags.DEFINE_string("tokenizer", None, "Tokenizer spec, if the run's data folder moved.", flag_values=FLAGS)
+flags.DEFINE_bool("no_eos_prefix", False, "Do not put EOS before the prompt (training data is `doc EOS doc EOS "
+                  "...`, so a prompt that starts a document follows an EOS).", flag_values=FLAGS)
+flags.DEFINE_bool("no_stream", False, "Print the text only at the end.", flag_values=FLAGS)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def _prompt_text(prompt: str) -> str:
+    """The prompt as valid text: bytes that are not UTF-8 arrive as lone surrogates (PEP 383)."""
+    try:
+        prompt.encode("utf-8")
+        return prompt
+    except UnicodeEncodeError as e:
+        raise cli_util.UsageError(f"--prompt: not valid UTF-8 text (undecodable byte at character {e.start})") from None
+
+
+def _generate(rest: list[str]) -> int:
+    args = cli_util.namespace(FLAGS)
+    if not args.workdir:
+        raise cli_util.UsageError("--workdir is required")
+    prompt = _prompt_text(args.prompt)
     from mosaic_jax import sampling
 
     try:
         cfg, params, tok = load_for_inference(args.workdir, args.step, args.tokenizer)
         sc = sampling.SamplingConfig(temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k,
                                      top_p=args.top_p)
-    except (InferenceLoadError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    ids = ([] if args.no_eos_prefix else [tok.eos_id]) + tok.encode(args.prompt)
+    except ValueError as e:
+        raise cli_util.CommandError(str(e)) from None
+    ids = ([] if args.no_eos_prefix else [tok.eos_id]) + tok.encode(prompt)
     if not ids:
-        print("error: empty prompt with --no_eos_prefix: nothing to condition on", file=sys.stderr)
-        return 1
-    n = max(args.num_samples, 1)
+        raise cli_util.UsageError("empty prompt with --no_eos_prefix: nothing to condition on")
+    n = args.num_samples
     stream = n == 1 and not args.no_stream
     streams = [TextStream(tok, ids, sys.stdout if stream else _Sink()) for _ in range(n)]
     if stream:
@@ -220,14 +232,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if t >= 0 and t != tok.eos_id:
                     s.push(int(t))
     except ValueError as e:
-        print(f"\nerror: {e}", file=sys.stderr)
-        return 1
+        if stream:
+            print()
+        raise cli_util.CommandError(str(e)) from None
     if stream:
         streams[0].close()
     else:
         for i, s in enumerate(streams):
             print(f"=== sample {i} ===\n{tok.decode(s.ids)}")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The CLI; returns the exit status (2: bad flags, 1: the run cannot be loaded or sampled)."""
+    return cli_util.run("generate", FLAGS, _generate, argv, doc=__doc__, errors=(InferenceLoadError,))
+
+
+cli = cli_util.exit_with(main)
 
 
 class _Sink:
@@ -239,4 +260,4 @@ class _Sink:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -3,20 +3,19 @@ submitted as one SLURM job array, then one results table (markdown and CSV) gath
 
     # 3 x 2 grid, locally, one after another (re-running the same command skips finished runs, resumes the rest)
     python -m mosaic_jax.sweep run --name=lr_width --grid=train.lr=1e-3,3e-3,1e-2 --grid=model.n_embd=128,256 \
-        -- --config=experiments/configs/tiny_cpu.py --config.data.path=data/tinystories_sp4k
+        -- --config=tiny_cpu --config.data.path=data/tinystories_sp4k
     # explicit list of runs, as a SLURM job array of 8-GPU jobs (launch/slurm_gpu.sbatch), 2 at a time
-    python -m mosaic_jax.sweep run --name=arch --mode=slurm --max-parallel=2 \
-        --run="model.arch=mosaic" --run="model.arch=gpt2 model.n_head=12" -- --config=experiments/configs/babistories_mm.py
+    python -m mosaic_jax.sweep run --name=arch --mode=slurm --max_parallel=2 \
+        --run="model.arch=mosaic" --run="model.arch=gpt2 model.n_head=12" -- --config=babistories_mm
     python -m mosaic_jax.sweep gather runs/sweeps/arch       # results.md + results.csv (also done after a local sweep)
 
-`run --dry-run` prints the commands (or the sbatch submission) without running anything. Layout:
+`run --dry_run` prints the commands (or the sbatch submission) without running anything. Layout:
 `<root>/<name>/sweep.json` (the runs: folder, overrides, full argument list), `<root>/<name>/<NNN>_<key=value>...`
 (each run's --workdir), `results.md`, `results.csv`. A SLURM array task reads its arguments with
 `python -m mosaic_jax.sweep args <sweep dir> <index>` (one per line), which is what slurm_gpu.sbatch does.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import itertools
@@ -30,6 +29,10 @@ import subprocess
 import sys
 import time
 from typing import Any, Optional, Sequence
+
+from absl import flags
+
+from mosaic_jax import cli_util
 
 DEFAULT_COMMAND = f"{shlex.quote(sys.executable)} -m mosaic_jax.train"
 SBATCH_SCRIPT = "launch/slurm_gpu.sbatch"
@@ -229,11 +232,11 @@ def sbatch_command(plan: dict[str, Any], sbatch_args: Sequence[str] = (), max_pa
             f"--export=ALL,MOSAIC_SWEEP_DIR={plan['dir']}", *sbatch_args, script]
 
 
-def _main_run(a: argparse.Namespace, base_args: list[str]) -> int:
+def _main_run(a: Any, base_args: list[str]) -> int:
     spec = json.loads(pathlib.Path(a.spec).read_text()) if a.spec else None
     overrides = expand(a.grid, a.run, spec)
     if not base_args:
-        raise SweepError("give the training flags after '--' (at least --config=experiments/configs/...)")
+        raise SweepError("give the training flags after '--' (at least --config=PRESET or a config file)")
     if any(x.startswith("--workdir") for x in base_args):
         raise SweepError("--workdir is set per run by the sweep: leave it out of the training flags")
     plan = plan_sweep(pathlib.Path(a.root), a.name, base_args, overrides, a.command)
@@ -261,59 +264,69 @@ def _main_run(a: argparse.Namespace, base_args: list[str]) -> int:
     return 1 if failures else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mosaic_jax.sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="plan a sweep and run it locally or submit it as a SLURM job array",
-                       description="Training flags go after '--'; each run adds its overrides and --workdir.")
-    r.add_argument("--name", required=True, help="sweep name: the folder <root>/<name>")
-    r.add_argument("--root", default="runs/sweeps", help="where sweep folders go (default runs/sweeps)")
-    r.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
-                   help="a grid axis (repeat for a cartesian product), e.g. train.lr=1e-3,3e-3")
-    r.add_argument("--run", action="append", default=[], metavar="'FIELD=V FIELD=V'",
-                   help="one explicit run (repeat for a list)")
-    r.add_argument("--spec", help='JSON file: {"grid": {"train.lr": [..]}, "runs": [{"model.arch": "gpt2"}]}')
-    r.add_argument("--mode", choices=("local", "slurm"), default="local",
-                   help="local: one after another here; slurm: one sbatch job array")
-    r.add_argument("--command", default=DEFAULT_COMMAND,
-                   help="local mode: the training command (e.g. 'bash launch/local_multiprocess.sh -n 2 -d 4 --')")
-    r.add_argument("--sbatch-args", default="", help="slurm mode: extra sbatch options, e.g. '--nodes=2 -p gpu'")
-    r.add_argument("--sbatch-script", default=SBATCH_SCRIPT, help=f"slurm mode: the batch script ({SBATCH_SCRIPT})")
-    r.add_argument("--max-parallel", type=int, default=0, help="slurm mode: at most this many array tasks at once")
-    r.add_argument("--rerun", action="store_true", help="local mode: also re-run finished runs")
-    r.add_argument("--dry-run", action="store_true", help="print the commands / the submission, run nothing")
-    g = sub.add_parser("gather", help="write results.md and results.csv from the runs' metrics")
-    g.add_argument("sweep_dir")
-    x = sub.add_parser("args", help="print run INDEX's training flags, one per line (for SLURM array tasks)")
-    x.add_argument("sweep_dir")
-    x.add_argument("index", type=int)
-    return p
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("name", None, "run: sweep name, the folder <root>/<name>.", flag_values=FLAGS)
+flags.DEFINE_string("root", "runs/sweeps", "run: where sweep folders go.", flag_values=FLAGS)
+flags.DEFINE_multi_string("grid", [], "run: a grid axis FIELD=V1,V2,... (repeat for a cartesian product), e.g. "
+                          "train.lr=1e-3,3e-3.", flag_values=FLAGS)
+flags.DEFINE_multi_string("run", [], "run: one explicit run 'FIELD=V FIELD=V' (repeat for a list).", flag_values=FLAGS)
+flags.DEFINE_string("spec", None, 'run: JSON file {"grid": {"train.lr": [..]}, "runs": [{"model.arch": "gpt2"}]}.',
+                    flag_values=FLAGS)
+flags.DEFINE_enum("mode", "local", ["local", "slurm"], "run: local = one after another here; slurm = one sbatch job "
+                  "array.", flag_values=FLAGS)
+flags.DEFINE_string("command", DEFAULT_COMMAND, "run, local mode: the training command (e.g. 'bash "
+                    "launch/local_multiprocess.sh -n 2 -d 4 --').", flag_values=FLAGS)
+flags.DEFINE_string("sbatch_args", "", "run, slurm mode: extra sbatch options, e.g. '--nodes=2 -p gpu'.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("sbatch_script", SBATCH_SCRIPT, "run, slurm mode: the batch script.", flag_values=FLAGS)
+flags.DEFINE_integer("max_parallel", 0, "run, slurm mode: at most this many array tasks at once (0: no limit).",
+                     lower_bound=0, flag_values=FLAGS)
+flags.DEFINE_bool("rerun", False, "run, local mode: also re-run finished runs.", flag_values=FLAGS)
+flags.DEFINE_bool("dry_run", False, "run: print the commands / the submission, run nothing.", flag_values=FLAGS)
+_USAGE = "give a subcommand: run [flags] -- TRAIN_FLAGS | gather SWEEP_DIR | args SWEEP_DIR INDEX"
+
+
+def _sweep(rest: list[str], base_args: list[str]) -> int:
+    if not rest or rest[0] not in ("run", "gather", "args"):
+        raise cli_util.UsageError(_USAGE)
+    cmd, operands = rest[0], rest[1:]
+    try:
+        if cmd == "run":
+            if operands:
+                raise cli_util.UsageError(f"run takes flags only (unexpected: {' '.join(operands)})")
+            if not FLAGS.name:
+                raise cli_util.UsageError("run needs --name")
+            return _main_run(cli_util.namespace(FLAGS), base_args)
+        if cmd == "gather":
+            if len(operands) != 1:
+                raise cli_util.UsageError("usage: gather SWEEP_DIR")
+            text, _ = gather(operands[0])
+            print(text, end="")
+            return 0
+        if len(operands) != 2 or not operands[1].lstrip("-").isdigit():
+            raise cli_util.UsageError("usage: args SWEEP_DIR INDEX")
+        sweep_dir, index = operands[0], int(operands[1])
+        runs = load_manifest(sweep_dir)["runs"]
+        if not 0 <= index < len(runs):
+            raise SweepError(f"run index {index} not in [0, {len(runs)}) for {sweep_dir}")
+        print("\n".join(runs[index]["args"]))
+        return 0
+    except SweepError as e:
+        raise cli_util.UsageError(str(e)) from None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The CLI; returns the exit status (2: bad arguments or sweep folder, 1: a run failed)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     base_args: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
         argv, base_args = argv[:cut], argv[cut + 1:]
-    a = build_parser().parse_args(argv)
-    try:
-        if a.cmd == "run":
-            return _main_run(a, base_args)
-        if a.cmd == "gather":
-            text, _ = gather(a.sweep_dir)
-            print(text, end="")
-            return 0
-        runs = load_manifest(a.sweep_dir)["runs"]
-        if not 0 <= a.index < len(runs):
-            raise SweepError(f"run index {a.index} not in [0, {len(runs)}) for {a.sweep_dir}")
-        print("\n".join(runs[a.index]["args"]))
-        return 0
-    except SweepError as e:
-        print(f"sweep: error: {e}", file=sys.stderr)
-        return 2
+    return cli_util.run("sweep", FLAGS, lambda rest: _sweep(rest, base_args), argv, doc=__doc__, positional=True)
+
+
+cli = cli_util.exit_with(main)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -1,28 +1,28 @@
 r"""Train a memory mosaic (or the GPT-2 baseline) on a prepared data folder.
 
-    python -m mosaic_jax.train --config=experiments/configs/tiny_cpu.py --workdir=runs/tiny \
-        [--config.data.path=DIR] [--config.train.steps=2000] [--config.mesh.fsdp=-1] ...
+    python -m mosaic_jax.train --config=tiny_cpu --workdir=runs/tiny_cpu \
+        [--config.data.path=DIR] [--config.train.steps=2000] [--config.mesh.fsdp=-1] ...   (or mosaic-train)
 
 Re-running the same command resumes from the newest complete checkpoint in the workdir. SIGTERM (preemption)
-saves a checkpoint and exits 0; SIGINT (Ctrl-C) saves and exits 130. Bad input, a workdir held by another run
-(`workdir/lock.json`) and I/O failures (disk full, read-only) exit non-zero with a one-line error naming the field
-or file; bad input before anything is written. See docs/training.md.
+saves a checkpoint and exits 0; SIGINT (Ctrl-C) saves and exits 130. A bad flag exits 2; bad input, a workdir held
+by another run (`workdir/lock.json`) and I/O failures (disk full, read-only) exit 1, each with a one-line error
+naming the field or file; bad input before anything is written. See docs/training.md.
 """
 from __future__ import annotations
 
 import os
 import pathlib
-import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from mosaic_jax import distributed   # defines --coordinator_address, --num_processes, --process_id, ...
+from mosaic_jax import cli_util, distributed   # defines --coordinator_address, --num_processes, --process_id, ...
 from mosaic_jax import run_guard     # defines --break_lock
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/configs/*.py).")
+config_flags.DEFINE_config_file("config", None, "A preset name (tiny_cpu, babistories_mm, ...: mosaic_jax/presets/) "
+                                "or an ml_collections config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, TensorBoard, config.json.")
 
 
@@ -46,7 +46,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     preempt.install()   # first thing: a SIGTERM/SIGINT during set-up or compilation must not kill the run uncleanly
     # ---- validate every input before writing anything --------------------------------------------------------
     if config is None:
-        raise configs.ConfigError("--config is required (e.g. experiments/configs/tiny_cpu.py)")
+        raise configs.ConfigError("--config is required (e.g. --config=tiny_cpu)")
     if not workdir:
         raise configs.ConfigError("--workdir is required")
     if config.train.compilation_cache_dir:
@@ -211,69 +211,40 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     return {"step": final, "train": last, "eval": eval_out, "preempted": False}
 
 
-def _fail(message: str, status: int = 1) -> None:
-    print(f"train: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
-    sys.exit(status)
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, but a bad flag or --config.* override is a one-line error naming it (exit 1)."""
-    try:
-        return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-        text = " ".join(str(e).split())
-        if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'":   # KeyError quotes its message
-            text = text[1:-1]
-        culprit = next((a for a in argv[1:] if text and text.split()[0].strip("'\"") in a), None)
-        if isinstance(e, (AttributeError, KeyError)) and culprit:
-            _fail(f"{culprit.split('=')[0]}: no such config field (see experiments/configs/ and docs/training.md)")
-        _fail(text)
-    except Exception as e:  # noqa: BLE001 - the config file is Python: any error while executing it
-        _fail(f"cannot load the --config file: {type(e).__name__}: {e}")
-    return []
-
-
-def _load_config() -> Any:
-    """The config from --config (loaded lazily by config_flags; a missing or broken file surfaces here)."""
-    if flags.FLAGS["config"].value is None and not flags.FLAGS["config"].present:
-        _fail("--config is required (e.g. --config=experiments/configs/tiny_cpu.py)")
-    try:
-        config = _CONFIG.value
-        config.keys()   # config_flags defers load errors to the first attribute access
-        return config
-    except Exception as e:  # noqa: BLE001 - config_flags wraps every load failure in a generic error
-        reason = [ln.strip() for ln in str(e).splitlines() if ln.strip()][-1]
-        _fail(f"cannot load --config={flags.FLAGS['config'].serialize().split('=', 1)[-1]}: {reason}")
-
-
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def _body(rest: list[str]) -> int:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO; --verbosity=0 shows them
         run_guard.quiet_orbax_errors()           # and a failed save with tracebacks: reported below in one line
     from mosaic_jax.checkpoint import CheckpointError
     from mosaic_jax.configs import ConfigError
     from mosaic_jax.data.errors import DataError
-    config = _load_config()
+    config = cli_util.load_config(flags.FLAGS)
     try:
         distributed.maybe_initialize()   # before any device is touched; no-op for a single process
-    except distributed.DistributedError as e:
-        _fail(str(e))
-    try:
         with run_guard.workdir_guard(_WORKDIR.value):   # one run per workdir, released on any exit
             summary = train(config, _WORKDIR.value)
-    except (ConfigError, DataError, CheckpointError, FloatingPointError, run_guard.workdir_lock.LockError) as e:
-        _fail(str(e))
+    except (ConfigError, DataError, CheckpointError, FloatingPointError, distributed.DistributedError,
+            run_guard.workdir_lock.LockError) as e:
+        raise cli_util.CommandError(str(e)) from None
     except OSError as e:   # disk full or read-only while writing metrics, config.json, ...
-        _fail(run_guard.io_error_line(e, _WORKDIR.value))
+        raise cli_util.CommandError(run_guard.io_error_line(e, _WORKDIR.value)) from None
     except KeyboardInterrupt:   # Ctrl-C twice, or during start-up
-        _fail("interrupted (SIGINT) before a checkpoint could be saved", run_guard.SIGINT_EXIT)
+        return cli_util.report("train", "interrupted (SIGINT) before a checkpoint could be saved",
+                               run_guard.SIGINT_EXIT)
     if summary.get("signal") == "SIGINT":
-        sys.exit(run_guard.SIGINT_EXIT)
+        return run_guard.SIGINT_EXIT
     if summary.get("eval", {}).get("sample"):
         _say("\n=== generated text ===\n" + summary["eval"]["sample"])
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The CLI (absl flags on the global FLAGS, which also hold distributed.py's); returns the exit status."""
+    return cli_util.run("train", flags.FLAGS, _body, argv, doc=__doc__)
+
+
+cli = cli_util.exit_with(main)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    cli()

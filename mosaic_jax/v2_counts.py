@@ -11,10 +11,13 @@ with the short-term window and the long-term skip m = long_skip_eval.
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+from absl import flags
 
+from mosaic_jax import cli_util
 from mosaic_jax.config import ModelConfig
 
 LLAMA3_VOCAB = 128256   # the paper's Llama-3-style tokenizer
@@ -128,5 +131,30 @@ def table(context_len: int = 4096) -> str:
     return "\n".join(lines)
 
 
+FLAGS = flags.FlagValues()
+flags.DEFINE_integer("context_len", 4096, "Context length of the memory-read FLOPs column.", lower_bound=1,
+                     flag_values=FLAGS)
+flags.DEFINE_string("out", "", "Also write the markdown table to this file.", flag_values=FLAGS)
+
+
+def _print_table(rest: list[str]) -> int:
+    if FLAGS.out:
+        cli_util.check_out_parent("out", FLAGS.out)
+    text = table(FLAGS.context_len)
+    print(text)
+    if FLAGS.out:
+        with open(FLAGS.out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The CLI; returns the exit status."""
+    return cli_util.run("v2_counts", FLAGS, _print_table, argv, doc=__doc__)
+
+
+cli = cli_util.exit_with(main)
+
+
 if __name__ == "__main__":
-    print(table())
+    cli()

@@ -8,7 +8,7 @@
 # 2. Data, in this order: --input (comma-separated text/JSONL files or folders); ../shared/data/tinystories
 #    beside the clone; otherwise TinyStories-valid.txt from the Hugging Face hub (online only). It is prepared
 #    once into runs/data/tinystories_sp4k (sentencepiece, 4096 pieces; runs/ is git-ignored).
-# 3. python -m mosaic_jax.train --config=experiments/configs/tiny_cpu.py; re-running resumes / is a no-op.
+# 3. python -m mosaic_jax.train --config=tiny_cpu; re-running resumes / is a no-op.
 # Arguments after `--` go to the trainer (e.g. `-- --config.train.steps=100`).
 set -euo pipefail
 
@@ -54,7 +54,7 @@ fi
   || { echo "quickstart: error: $PY lacks the packages of requirements.txt" >&2; exit 1; }
 
 # ---- 2. Data ----------------------------------------------------------------------------------------------
-PREP=(--output="$DATA" --tokenizer=sp:4096 --progress=false)
+PREP=(--out="$DATA" --tokenizer=sp:4096 --progress=false)
 SHARED_TS="$REPO/../shared/data/tinystories"
 if [[ -n "$INPUT" ]]; then
   echo "== preparing --input=$INPUT"
@@ -90,6 +90,6 @@ fi
 
 # ---- 3. Train (prints a falling loss, then generated text) ------------------------------------------------
 echo "== training tiny_cpu in $WORKDIR"
-"$PY" -m mosaic_jax.train --config=experiments/configs/tiny_cpu.py --workdir="$WORKDIR" \
+"$PY" -m mosaic_jax.train --config=tiny_cpu --workdir="$WORKDIR" \
   --config.data.path="$DATA" --config.train.compilation_cache_dir="$REPO/runs/.jax_cache" "${EXTRA[@]}"
 echo "== done in $(( $(date +%s) - START )) s (metrics: $WORKDIR/metrics.jsonl, TensorBoard: $WORKDIR/tensorboard)"

@@ -1,4 +1,4 @@
-"""Ahead-of-time check (`python -m mosaic_jax.aot`): mesh/topology parsing, the report on simulated CPU devices,
+"""Ahead-of-time check (`python -m mosaic_jax.aot`): topology parsing, the report on simulated CPU devices,
 the exit status when the estimate does not fit, and (where libtpu is installed) a compile-only TPU topology."""
 import importlib.util
 import json
@@ -24,15 +24,6 @@ def _aot(*args, extra_env=None):
                           text=True, timeout=300)
 
 
-def test_parse_mesh():
-    assert aot.parse_mesh("data=1,fsdp=8,tensor=1") == (1, 8, 1)
-    assert aot.parse_mesh("fsdp=-1, tensor=2") == (1, -1, 2)
-    assert aot.parse_mesh("2,4,1") == (2, 4, 1)
-    for bad in ("fsdp=8,model=2", "1,8", "fsdp=x", ""):
-        with pytest.raises(aot.AotError):
-            aot.parse_mesh(bad)
-
-
 def test_parse_topology():
     t = aot.parse_topology("v4-32")    # 32 TensorCores = 16 chips (megacore: one JAX device per chip), 4 hosts
     assert (t.topology_name, t.num_devices, t.chip_config_name, t.chips_per_host_bounds, t.hbm_gib) == \
@@ -49,8 +40,8 @@ def test_report_on_simulated_devices(tmp_path):
     """4 simulated CPU devices, FSDP=2 x tensor=2: exact per-device parameter bytes, a temporaries estimate, and
     exit status 3 with 'DOES NOT FIT' when the device memory given is too small."""
     out = tmp_path / "report.json"
-    res = _aot(*TINY, "--mesh=data=1,fsdp=2,tensor=2", "--num_devices=4", "--device_memory_gb=0.001",
-               f"--json={out}")
+    res = _aot(*TINY, "--config.mesh.data=1", "--config.mesh.fsdp=2", "--config.mesh.tensor=2", "--num_devices=4",
+               "--device_memory_gb=0.001", f"--out={out}")
     assert res.returncode == 3, res.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["mesh"] == {"data": 1, "fsdp": 2, "tensor": 2} and r["num_devices"] == 4 and r["platform"] == "cpu"
@@ -67,20 +58,20 @@ def test_report_on_simulated_devices(tmp_path):
 
 
 def test_bad_arguments_are_one_line_errors():
-    res = _aot(*TINY, "--mesh=data=1,fsdp=3,tensor=1", "--num_devices=4")
+    res = _aot(*TINY, "--config.mesh.fsdp=3", "--num_devices=4")
     assert res.returncode == 1 and res.stderr.strip().startswith("aot: error: mesh:"), res.stderr[-2000:]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is not None, reason="libtpu installed: see the next test")
 def test_topology_without_libtpu_says_what_to_install():
-    res = _aot(*TINY, "--topology=v4-8", "--mesh=data=1,fsdp=4,tensor=1")
+    res = _aot(*TINY, "--topology=v4-8", "--config.mesh.fsdp=4")
     assert res.returncode == 1 and "needs libtpu" in res.stderr and "--num_devices" in res.stderr, res.stderr[-2000:]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed (jax[tpu])")
 def test_tpu_topology_compile_only(tmp_path):
     out = tmp_path / "tpu.json"
-    res = _aot(*TINY, "--topology=v4-8", "--mesh=data=1,fsdp=4,tensor=1", f"--json={out}")
+    res = _aot(*TINY, "--topology=v4-8", "--config.mesh.fsdp=4", f"--out={out}")
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["platform"] == "tpu" and r["num_devices"] == 4 and r["fits"] is True and r["device_memory_gib"] == 32

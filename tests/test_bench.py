@@ -43,4 +43,4 @@ def test_bench_bad_arguments_fail_at_once_with_one_line(args: list[str], named: 
         bench.main(args)
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert named in err and err.startswith("python -m mosaic_jax.bench: error:")
+    assert named in err and err.startswith("bench: error:")

@@ -169,3 +169,21 @@ def test_grain_iterator_state_round_trip(ds):
     restored = loader.make_iterator(src, start_step=100)
     restored.set_state(state)
     assert _equal(next(restored), src.global_batch_at(103))
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_token_ids_above_the_vocabulary_are_named(tmp_path, packing):
+    """Issue 13 item 6: an id past the vocabulary inside the shards made training stop with `loss is nan at
+    step 1`; the loader now names the data folder, the id and the vocabulary."""
+    writer = store.SplitWriter(str(tmp_path), "train", np.dtype(np.uint16), 1 << 20)
+    tokens = np.append(np.full(63, 10), 1)
+    tokens[40] = 60_000                              # a corrupt id, far past the manifest's 260
+    writer.add(tokens, np.array([64]))
+    manifest = {"format": store.FORMAT_VERSION, "dtype": "uint16", "splits": {"train": writer.close()},
+                "tokenizer": {"hash": "x", "vocab_size": 260, "eos_id": 1, "bos_id": 2, "pad_id": 0}}
+    ds = store.PreparedDataset(str(tmp_path), "train", manifest)
+    src = loader.BatchSource(ds, seq_len=32, global_batch=16, seed=0, packing=packing)
+    it = loader.make_iterator(src, 0, num_steps=4)
+    with pytest.raises(DataError, match=r"token id 60000 .* not below the manifest's vocab_size 260"):
+        for _ in range(4):   # 16 rows of 33 tokens out of 64: the corrupt id is in the first batch w.h.p.
+            next(it)

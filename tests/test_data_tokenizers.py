@@ -1,4 +1,5 @@
 """Tokenizers: exact text → ids → text round trips on TinyStories, fixed special ids, stable hashes, errors."""
+import importlib.util
 import pickle
 
 import pytest
@@ -72,8 +73,10 @@ def test_prepared_folder_names_its_tokenizer(prepared_sp):
 def test_spec_errors(tmp_path):
     with pytest.raises(DataError, match="trains a new model"):
         tokenizers.load_tokenizer("sp:8192")
-    with pytest.raises(DataError, match="unknown tokenizer"):
+    with pytest.raises(DataError, match="missing.model: file not found"):   # issue 13 item 6: was "unknown tokenizer"
         tokenizers.load_tokenizer(str(tmp_path / "missing.model"))
+    with pytest.raises(DataError, match="unknown tokenizer"):
+        tokenizers.load_tokenizer("bpe")
     bogus = tmp_path / "bogus.model"
     bogus.write_bytes(b"not a model")
     with pytest.raises(DataError, match="bogus.model: not a sentencepiece model"):
@@ -108,3 +111,9 @@ def test_gpt2_when_available():
     assert (tok.vocab_size, tok.eos_id) == (50257, 50256)
     assert tok.encode("Hello world") == [15496, 995]  # the well-known GPT-2 ids
     assert tok.decode(tok.encode(TRICKY)) == TRICKY
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tiktoken") is not None, reason="tiktoken is installed")
+def test_gpt2_without_tiktoken_names_the_extra():
+    with pytest.raises(DataError, match=r"pip install 'mosaic_jax\[tiktoken\]'"):
+        tokenizers.load_tokenizer("gpt2")

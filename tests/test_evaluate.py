@@ -64,11 +64,35 @@ def test_cli_scores_a_corpus(workdir, tmp_path, capsys):
 
 
 def test_cli_errors(workdir, tmp_path, capsys):
-    assert evaluate.main([f"--workdir={workdir}"]) == 1
+    assert evaluate.main([f"--workdir={workdir}"]) == 2
     assert evaluate.main([f"--workdir={workdir}", f"--input={tmp_path / 'missing.txt'}"]) == 1
-    assert evaluate.main([f"--workdir={workdir}", "--attention_text=hi", "--attention_layer=9"]) == 1
+    assert evaluate.main([f"--workdir={workdir}", "--attention_text=hi", "--attention_layer=9"]) == 2
     err = capsys.readouterr().err
-    assert err.count("error: ") == 3 and "missing.txt" in err and "out of range" in err
+    assert err.count("evaluate: error: ") == 3 and "missing.txt" in err and "out of range" in err
+
+
+@pytest.mark.parametrize("flag", ["--batch_size=0", "--window=-5", "--max_windows=-1"])
+def test_bad_numbers_are_one_line_naming_the_flag(workdir, tmp_path, capsys, flag):
+    """Issue 13 item 6: `range() arg 3 must not be zero` and a message about "-5+1" before."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    assert evaluate.main([f"--workdir={workdir}", f"--input={corpus}", flag]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("evaluate: error:") and flag.split("=")[0] in err and err.count("\n") == 1
+
+
+def test_latin1_input_is_decoded_like_prepare_data(workdir, tmp_path, capsys):
+    """A Latin-1 file: its undecodable bytes become U+FFFD (as prepare_data does) and the file is named."""
+    from mosaic_jax.data.tokenizers import ByteTokenizer
+    corpus = tmp_path / "latin1.txt"
+    text = TEXT.replace("little cat", "petit café")
+    corpus.write_bytes(text.encode("latin-1"))
+    assert evaluate.main([f"--workdir={workdir}", f"--input={corpus}", "--out", str(tmp_path / "e")]) == 0
+    err = capsys.readouterr().err
+    assert f"{corpus}: 8 undecodable bytes replaced by U+FFFD" in err     # one é per line, 8 lines
+    ids = evaluate.read_corpus([str(corpus)], ByteTokenizer())
+    # a file is one document, read as prepare_data reads it: the final newline ends the document
+    assert ids == ByteTokenizer().encode(text.replace("é", "\ufffd").rstrip("\n")) + [ByteTokenizer().eos_id]
 
 
 def test_mosaic_attention_maps_are_the_cmem_read_weights(params):

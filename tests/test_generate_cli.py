@@ -103,7 +103,27 @@ def test_cli_samples_seeded(workdir, capsys):
 def test_cli_errors(workdir, capsys, extra, message):
     assert generate.main([f"--workdir={workdir}", "--prompt=x", *extra]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert err.startswith("generate: error: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("flag", ["--max_new_tokens=-5", "--temperature=-1", "--num_samples=-2"])
+def test_negative_values_are_refused(workdir, capsys, flag):
+    """Issue 13 item 6: these were accepted with exit 0; now a usage error (2) naming the flag, nothing sampled."""
+    assert generate.main([f"--workdir={workdir}", "--prompt=x", flag]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("generate: error:") and flag.split("=")[0] in err and err.count("\n") == 1
+    assert out == ""
+
+
+def test_non_utf8_prompt_is_one_line(workdir):
+    """Bytes that are not UTF-8 on the command line (Latin-1 "café"): one line naming --prompt, no traceback."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run([sys.executable, "-m", "mosaic_jax.generate", f"--workdir={workdir}".encode(),
+                           b"--prompt=caf\xe9", b"--max_new_tokens=4"],
+                          cwd=REPO, env=env, capture_output=True, timeout=300)
+    err = proc.stderr.decode().strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and err[0].startswith("generate: error: --prompt"), err
 
 
 def test_cli_missing_workdir(tmp_path, capsys):

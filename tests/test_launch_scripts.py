@@ -44,12 +44,12 @@ def test_shellcheck_passes():
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help(script):
     res = _bash(script, "--help")
-    assert res.returncode == 0 and res.stdout.startswith("Usage:") and "--dry-run" in res.stdout, res.stderr
+    assert res.returncode == 0 and res.stdout.startswith("Usage:") and "--dry_run" in res.stdout, res.stderr
     assert os.access(LAUNCH / script, os.X_OK)
 
 
 def test_local_multiprocess_dry_run():
-    res = _bash("local_multiprocess.sh", "-n", "2", "-d", "4", "-p", "23456", "--dry-run", "--", *TRAIN)
+    res = _bash("local_multiprocess.sh", "-n", "2", "-d", "4", "-p", "23456", "--dry_run", "--", *TRAIN)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 2
@@ -79,7 +79,7 @@ def test_local_multiprocess_stops_the_others_when_one_fails(tmp_path):
 
 def test_slurm_dry_run_takes_the_coordinator_from_slurm():
     env = _clean_env(SLURM_JOB_ID="123456", SLURM_JOB_NODELIST="gpu[017-018,020],cpu001", SLURM_NTASKS="16")
-    res = _bash("slurm_gpu.sbatch", "--dry-run", "--", *TRAIN, env=env)
+    res = _bash("slurm_gpu.sbatch", "--dry_run", "--", *TRAIN, env=env)
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == [
         "MOSAIC_COORDINATOR_ADDRESS=gpu017:23456",          # first node; port 20000 + job id % 20000

@@ -147,21 +147,54 @@ def test_bad_inputs_fail_cleanly(tmp_path, files, kw, message):
 def test_cli(data_dir, tmp_path):
     src = str(data_dir / "tinystories" / "train_v2gpt4_prefix.txt")
     out = str(tmp_path / "cli")
-    done = _cli(f"--input={src}", f"--output={out}", "--tokenizer=sp:400", "--tokenizer_sample_mb=0.5")
+    done = _cli(f"--input={src}", f"--out={out}", "--tokenizer=sp:400", "--tokenizer_sample_mb=0.5")
     assert done.returncode == 0, done.stderr
     assert "tokens in" in done.stdout and "MB/s" in done.stdout
     assert store.open_prepared(out).vocab_size == 400
-    again = _cli(f"--input={src}", f"--output={out}", "--tokenizer=sp:400", "--tokenizer_sample_mb=0.5")
+    again = _cli(f"--input={src}", f"--out={out}", "--tokenizer=sp:400", "--tokenizer_sample_mb=0.5")
     assert again.returncode == 0 and "nothing to do" in again.stderr
-    refused = _cli(f"--input={src}", f"--output={out}", "--tokenizer=byte")
+    refused = _cli(f"--input={src}", f"--out={out}", "--tokenizer=byte")
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines() == [
         f"prepare_data: error: {os.path.normpath(out)}: holds a different prepared dataset (differs in tokenizer); "
-        "refusing to overwrite it: choose another --output or delete it"]
+        "refusing to overwrite it: choose another --out or delete it"]
     binary = tmp_path / "weights.txt"
     binary.write_bytes(os.urandom(10_000))
-    bad = _cli(f"--input={binary}", f"--output={tmp_path / 'bad'}", "--tokenizer=byte")
+    bad = _cli(f"--input={binary}", f"--out={tmp_path / 'bad'}", "--tokenizer=byte")
     assert bad.returncode == 1
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"prepare_data: error: {binary}: not a text file")
     assert _nothing_left(tmp_path, "bad")
+
+
+def test_output_inside_the_input_folder_reruns(tmp_path):
+    """Issue 13 item 6: the re-run read its own manifest.json as input (a *.json file) and refused itself."""
+    src = tmp_path / "corpus"
+    src.mkdir()
+    (src / "a.txt").write_text("One story.\n\nAnother story.\n")
+    out = src / "prep"
+    first = _prepare([src], out, "byte", val_fraction=0.0)
+    again = _prepare([src], out, "byte", val_fraction=0.0)
+    assert again.skipped and again.manifest["fingerprint"] == first.manifest["fingerprint"]
+    assert [s["path"] for s in first.manifest["sources"]] == [str(src / "a.txt")]
+
+
+def test_utf8_bom_is_not_text(tmp_path):
+    """A UTF-8 byte-order mark used to stay as the first character of the first document."""
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfFirst story.\n\nSecond story.\n")
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "First story."}\n{"text": "Second."}\n')
+    assert list(ingest.iter_documents([str(tmp_path / "bom.txt")])) == ["First story.", "Second story."]
+    assert list(ingest.iter_documents([str(tmp_path / "bom.jsonl")])) == ["First story.", "Second."]
+
+
+@pytest.mark.parametrize("args,code,named", [
+    (["--tokenizer=missing.model"], 1, "missing.model: file not found"),
+    (["--tokenizer=sp:300", "--tokenizer_sample_mb=0"], 2, "--tokenizer_sample_mb=0"),
+])
+def test_bad_tokenizer_flags_fail_up_front(tmp_path, args, code, named):
+    """Before: "unknown tokenizer" for a missing file, and sentencepiece's internal error for an empty sample."""
+    (tmp_path / "a.txt").write_text("One story.\n\nAnother story.\n")
+    res = _cli(f"--input={tmp_path / 'a.txt'}", f"--out={tmp_path / 'out'}", *args)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == code and len(lines) == 1 and lines[0].startswith("prepare_data: error:"), res.stderr
+    assert named in lines[0] and not (tmp_path / "out").exists()

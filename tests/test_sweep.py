@@ -34,7 +34,7 @@ def _main(capsys, *argv):
 
 
 def test_local_dry_run(capsys, tmp_path):
-    rc, out, _ = _main(capsys, "run", "--name=w", f"--root={tmp_path}", "--grid=model.n_embd=32,64", "--dry-run",
+    rc, out, _ = _main(capsys, "run", "--name=w", f"--root={tmp_path}", "--grid=model.n_embd=32,64", "--dry_run",
                        "--command=python -m mosaic_jax.train", "--", "--config=experiments/configs/tiny_cpu.py")
     assert rc == 0
     assert out.splitlines() == [
@@ -45,7 +45,7 @@ def test_local_dry_run(capsys, tmp_path):
 
 def test_slurm_dry_run_is_one_job_array(capsys, tmp_path):
     rc, out, _ = _main(capsys, "run", "--name=lr", f"--root={tmp_path}", "--grid=train.lr=1e-3,3e-3,1e-2",
-                       "--mode=slurm", "--max-parallel=2", "--sbatch-args=--nodes=2 --partition=gpu", "--dry-run",
+                       "--mode=slurm", "--max_parallel=2", "--sbatch_args=--nodes=2 --partition=gpu", "--dry_run",
                        "--", "--config=experiments/configs/babistories_mm.py")
     assert rc == 0
     lines = out.splitlines()
@@ -108,7 +108,7 @@ def test_local_sweep_end_to_end(tmp_path, data_dir):
                JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     cmd = [sys.executable, "-m", "mosaic_jax.sweep", "run", "--name=seeds", f"--root={tmp_path / 'sweeps'}",
-           "--grid=train.seed=0,1", "--", "--config=experiments/configs/tiny_cpu.py", f"--config.data.path={data}",
+           "--grid=train.seed=0,1", "--", "--config=tiny_cpu", f"--config.data.path={data}",
            "--config.model.n_layer=1", "--config.model.n_embd=32", "--config.model.n_head=2",
            "--config.model.pmem_size=32", "--config.model.block_size=16", "--config.train.global_batch=4",
            "--config.train.steps=3", "--config.train.log_every=1", "--config.train.eval_every=0",

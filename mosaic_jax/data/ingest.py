@@ -118,7 +118,7 @@ def check_text(path: str, head: bytes) -> str:
     """Decode the sniffed head; refuse a file that is mostly binary. Returns the decoded text."""
     before = _replaced_bytes[0]
     # An incremental decoder does not count a multi-byte character cut by the sniff window as bad.
-    text = codecs.getincrementaldecoder("utf-8")(errors=_ERRORS).decode(head, final=False)
+    text = codecs.getincrementaldecoder("utf-8")(errors=_ERRORS).decode(head.removeprefix(codecs.BOM_UTF8), final=False)
     replaced = _replaced_bytes[0] - before
     _replaced_bytes[0] = before  # the streaming pass counts these bytes again
     controls = sum(1 for ch in text if ch < " " and ch not in _ALLOWED_CONTROLS)
@@ -284,8 +284,10 @@ class SourceReader:
             raise DataError(f"{self.path}: not a text file ({self.replaced_bytes} of {self.text_bytes} bytes undecodable)")
 
     def _lines(self, stream: BinaryIO) -> Iterator[str]:
-        for raw_line in stream:
+        for lineno, raw_line in enumerate(stream):
             self.text_bytes += len(raw_line)
+            if lineno == 0 and raw_line.startswith(codecs.BOM_UTF8):
+                raw_line = raw_line[len(codecs.BOM_UTF8):]   # a byte-order mark is not text
             # UTF-8 never puts b"\n" inside a multi-byte character, so line-wise decoding is exact.
             yield raw_line.decode("utf-8", _ERRORS).rstrip("\r\n")
 

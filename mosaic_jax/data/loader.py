@@ -83,7 +83,20 @@ class BatchSource:
         if step < 0:
             raise ValueError(f"step {step} must be non-negative")
         hash_R = row_hashes(self.seed, step, np.arange(lo, hi, dtype=np.uint64))
-        return self._packed(hash_R) if self.packing else self._windows(hash_R)
+        batch = self._packed(hash_R) if self.packing else self._windows(hash_R)
+        self._check_ids(batch, step)
+        return batch
+
+    def _check_ids(self, batch: dict[str, np.ndarray], step: int) -> None:
+        """Every id must be below the vocabulary: a larger one would index past the embedding table and turn
+        the loss into NaN far from its cause (the data, not training). Costs one max per batch."""
+        top = max(int(batch["inputs"].max(initial=0)), int(batch["targets"].max(initial=0)))
+        if top >= self.ds.vocab_size:
+            raise DataError(
+                f"{self.ds.path} ({self.ds.split}): token id {top} in the batch of step {step} is not below the "
+                f"manifest's vocab_size {self.ds.vocab_size}; the shards do not match the manifest (check with "
+                f"python -m mosaic_jax.prepare_data --verify --out={self.ds.path})"
+            )
 
     def _windows(self, hash_R: np.ndarray) -> dict[str, np.ndarray]:
         T = self.seq_len

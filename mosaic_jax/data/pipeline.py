@@ -215,8 +215,18 @@ def _existing(output: str, fingerprint: str, identity: dict[str, Any]) -> dict[s
             differs.remove("options")  # only an option that applies to one side (tokenizer_sample_mb)
     raise DataError(
         f"{output}: holds a different prepared dataset (differs in {', '.join(differs) or 'fingerprint'}); "
-        "refusing to overwrite it: choose another --output or delete it"
+        "refusing to overwrite it: choose another --out or delete it"
     )
+
+
+def _outside(output: str, files: list[str]) -> list[str]:
+    """Input files minus those inside the output folder (an output under an input folder must not read its own
+    manifest back as input on a re-run)."""
+    out = os.path.abspath(output) + os.sep
+    kept = [f for f in files if not os.path.abspath(f).startswith(out)]
+    if not kept:
+        raise DataError(f"{output}: every input file lies inside the output folder")
+    return kept
 
 
 def _remove_stale_temporaries(parent: str, name: str) -> None:
@@ -248,9 +258,18 @@ def prepare(
     start = time.perf_counter()
     if not 0 <= options.val_fraction < 1:
         raise DataError(f"val_fraction {options.val_fraction}: must be in [0, 1)")
+    if not options.tokenizer_sample_mb > 0:
+        raise DataError(f"tokenizer_sample_mb {options.tokenizer_sample_mb}: must be > 0")
     output = os.path.normpath(output)
-    train_files = ingest.expand_inputs(inputs, options.include)
-    val_files = ingest.expand_inputs(validation_inputs, options.include) if validation_inputs else []
+    train_spec = tokenizers.parse_train_spec(tokenizer)
+    tok: tokenizers.Tokenizer | None = None
+    if train_spec is None:
+        tok = tokenizers.load_tokenizer(tokenizer)
+        tokenizer_id = tok.hash
+    else:
+        tokenizer_id = f"train:sp-{train_spec[0]}:{train_spec[1]}"
+    train_files = _outside(output, ingest.expand_inputs(inputs, options.include))
+    val_files = _outside(output, ingest.expand_inputs(validation_inputs, options.include)) if validation_inputs else []
     sources = [
         {"path": p, "role": role, "sha256": store.sha256_file(p), "bytes": os.path.getsize(p)}
         for files, role in ((train_files, "split" if not val_files else "train"), (val_files, "validation"))
@@ -259,13 +278,6 @@ def prepare(
     train_sources = [s for s in sources if s["role"] != "validation"]
     val_sources = [s for s in sources if s["role"] == "validation"]
 
-    train_spec = tokenizers.parse_train_spec(tokenizer)
-    tok: tokenizers.Tokenizer | None = None
-    if train_spec is None:
-        tok = tokenizers.load_tokenizer(tokenizer)
-        tokenizer_id = tok.hash
-    else:
-        tokenizer_id = f"train:sp-{train_spec[0]}:{train_spec[1]}"
     # A JSON round trip makes it compare equal to the copy read back from a manifest (tuples → lists).
     identity = json.loads(json.dumps(_identity(tokenizer_id, options, train_sources, val_sources)))
     fingerprint = _fingerprint(identity)

@@ -186,8 +186,8 @@ class Gpt2Tokenizer(Tokenizer):
             from tiktoken_ext import openai_public
         except ImportError:
             raise DataError(
-                "tokenizer 'gpt2' needs the optional package tiktoken (pip install tiktoken), which is not "
-                "installed; or use --tokenizer=sp:8192 / byte"
+                "tokenizer 'gpt2' needs the optional package tiktoken, which is not installed: "
+                "pip install 'mosaic_jax[tiktoken]' (or pip install tiktoken); or use --tokenizer=sp:8192 / byte"
             ) from None
         if self.files_dir:
             paths = {name: os.path.join(self.files_dir, name) for name in _GPT2_URLS}
@@ -325,6 +325,8 @@ def load_tokenizer(spec: str) -> Tokenizer:
         return _load_from_prepared(spec)
     if os.path.isfile(spec):
         return SentencePieceTokenizer.from_file(spec)
+    if spec.endswith(".model") or os.sep in spec or spec.startswith("."):
+        raise DataError(f"{spec}: file not found (a sentencepiece .model file or a prepared-data folder)")
     raise DataError(f"{spec}: unknown tokenizer (use byte, gpt2, a sentencepiece .model file or a prepared-data folder)")
 
 
