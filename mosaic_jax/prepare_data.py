@@ -4,7 +4,7 @@ r"""Prepare text corpora into a token store for training.
         --tokenizer=sp:8192
 
 Inputs are files, folders (walked for --include patterns) or globs, comma-separated; plain text, JSONL or
-gzip of either. --tokenizer: sp:N (train sentencepiece BPE), sp-unigram:N, byte, gpt2 (tiktoken), or a
+gzip of either. --tokenizer: sp:N (train sentencepiece BPE), sp-unigram:N, byte, gpt2 (tiktoken), hf:PATH (tokenizer.json), or a
 sentencepiece .model file. Re-running with the same inputs and flags is a no-op; an output folder that
 holds a different preparation is refused. Bad input exits with status 1 and a one-line error.
 See docs/data.md.
@@ -23,7 +23,7 @@ _D = pipeline.PrepareOptions()
 flags.DEFINE_list("input", None, "Input files, folders or globs (comma-separated).")
 flags.DEFINE_list("validation_input", [], "Optional inputs that form the whole validation split (then --val_fraction is unused).")
 flags.DEFINE_string("output", None, "Output folder (created; must not hold a different preparation).")
-flags.DEFINE_string("tokenizer", "sp:8192", "sp:N | sp-unigram:N | byte | gpt2 | gpt2:DIR | path/to.model | prepared folder.")
+flags.DEFINE_string("tokenizer", "sp:8192", "sp:N | sp-unigram:N | byte | gpt2 | gpt2:DIR | hf:PATH | path/to.model | prepared folder.")
 flags.DEFINE_enum("format", _D.format, list(ingest.FORMATS), "Input format; auto sniffs JSON lines, else text.")
 flags.DEFINE_string("separator", _D.separator, "Text documents: auto | blank | line | file | a marker such as <|endoftext|>.")
 flags.DEFINE_string("text_field", _D.text_field, "JSONL objects: the field holding the text (a.b for nested).")
