@@ -1,6 +1,6 @@
 """Hugging Face export (mosaic_jax.hf.export, `python -m mosaic_jax.export`) and GPT-2 import, offline.
 
-* tiny GPT-2, v1 and v2 models (random params, perturbed so every per-head scalar differs from its init) exported,
+* tiny GPT-2, v1 and v2 models (random params: every per-head scalar differs from its init) exported,
   loaded by transformers' AutoModelForCausalLM: logits equal mosaic_jax.apply to 1e-4, and every token of a greedy
   generate() is the argmax of mosaic_jax's logits for its prefix;
 * the tokenizer.json of a sentencepiece run encodes text to the same ids as sentencepiece (PreTrainedTokenizerFast);
@@ -34,7 +34,8 @@ from mosaic_jax import checkpoint  # noqa: E402
 from mosaic_jax.config import ModelConfig  # noqa: E402
 from mosaic_jax.data import tokenizers as mt  # noqa: E402
 from mosaic_jax.hf.export import ExportError, export_hf  # noqa: E402
-from mosaic_jax.model import apply, init_params  # noqa: E402
+from mosaic_jax.model import apply  # noqa: E402
+from _tiny_params import random_params  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOL = 1e-4
@@ -55,16 +56,9 @@ def sp_model(data_dir, tmp_path_factory):
     return path, text
 
 
-def _perturbed_params(cfg, seed=0):
-    p = init_params(cfg, jax.random.key(seed))
-    leaves, tree = jax.tree.flatten(p)
-    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-    return jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
-
-
 def _tiny_workdir(root, arch):
     cfg = ModelConfig(vocab_size=416, n_layer=2, n_head=2, n_embd=16, block_size=32, pmem_size=8, **ARCHS[arch])
-    params = _perturbed_params(cfg)
+    params = random_params(cfg)
     checkpoint.export_params(root / "export", params, cfg.to_dict())
     return cfg, params
 

@@ -268,6 +268,8 @@ class HFTokenizer(Tokenizer):
         self.vocab_size = int(tok.get_vocab_size(with_added_tokens=True))
         names = [eos_token] if eos_token else [n for n in _HF_EOS_GUESSES if tok.token_to_id(n) is not None][:1]
         eos = tok.token_to_id(names[0]) if names else None
+        if eos is None and eos_token:
+            raise DataError(f"{source}: eos_token {eos_token!r} (from tokenizer_config.json) is not in the vocabulary")
         if eos is None:
             raise DataError(f"{source}: cannot tell the EOS token (no eos_token in tokenizer_config.json and none of "
                             f"{', '.join(_HF_EOS_GUESSES)} in the vocabulary)")

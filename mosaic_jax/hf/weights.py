@@ -74,11 +74,13 @@ def gpt2_from_hf(hf_config: Mapping[str, Any], sd: Mapping[str, np.ndarray]) -> 
     ours: StateDict = {}
     wanted = {e[0] for e in reference._entries(cfg)}
     for name in wanted:
-        if name == "lm_head.weight" and tied:
+        if name == "lm_head.weight" and tied:   # transformers saves a tied head once, as the embedding
+            ours[name] = sd["transformer.wte.weight"] if "transformer.wte.weight" in sd else None
             continue
         if name not in sd:
             raise HFImportError(f"missing tensor {name!r} in the GPT-2 checkpoint")
         ours[name] = np.ascontiguousarray(sd[name].T) if name.endswith(CONV1D) else sd[name]
+    ours = {k: v for k, v in ours.items() if v is not None}
     try:
         return cfg, reference.params_from_state_dict(cfg, ours)
     except reference.ReferenceFormatError as e:
