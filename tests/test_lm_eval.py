@@ -140,7 +140,7 @@ def test_lm_eval_cli_scores_local_tasks(run, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                HF_HOME=str(tmp_path / "hf_home"))
     res = subprocess.run([sys.executable, "-m", "mosaic_jax.hf.lm_eval_cli", "--model", "mosaic_jax",
-                          "--model_args", f"workdir={run[0]},tokenizer=byte,batch_size=4",
+                          "--model_args", f"workdir={run[0]},tokenizer=byte", "--batch_size", "4",
                           "--tasks", ",".join(TASKS), "--include_path", str(tasks),
                           "--output_path", str(tmp_path / "out")],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

@@ -1,11 +1,13 @@
 """lm-evaluation-harness model type `mosaic_jax`: a trained run scored and sampled by this library.
 
-    python -m mosaic_jax.hf.lm_eval_cli --model mosaic_jax --model_args workdir=runs/tiny_cpu --tasks lambada_openai
+    python -m mosaic_jax.hf.lm_eval_cli --model mosaic_jax --model_args workdir=runs/tiny_cpu --batch_size=16 \
+        --tasks lambada_openai
 
 (lm_eval discovers models only through its registry and has no plug-in entry point, so the wrapper module
 imports this one, whose `@register_model` adds `mosaic_jax`, then runs lm_eval's own command line.)
-model_args: workdir (required), step, tokenizer (as mosaic_jax.generate), batch_size (default 8), max_length
-(default the run's block_size: the context kept for scoring and generation), seed (sampling).
+model_args: workdir (required), step, tokenizer (as mosaic_jax.generate), max_length
+(default the run's block_size: the context kept for scoring and generation), seed (sampling); the batch size
+is lm_eval's --batch_size (`auto`: 8).
 
 * loglikelihood: every context is preceded by EOS (training data is `doc EOS doc EOS ...`, so a text that
   starts a document follows an EOS); requests are sorted by length and scored in batches of `batch_size`
@@ -53,7 +55,7 @@ class MosaicJaxLM(TemplateLM):
         from mosaic_jax.generate import load_for_inference
         self.cfg, self.params, self.tok = load_for_inference(str(workdir), None if step is None else int(step),
                                                              tokenizer)
-        self.batch_size = 8 if str(batch_size) == "auto" else int(batch_size)
+        self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
         self.max_length = int(max_length or self.cfg.block_size)
         if self.cfg.arch == "gpt2" and self.max_length > self.cfg.block_size:
             raise ValueError(f"max_length={self.max_length} exceeds the GPT-2 run's block_size {self.cfg.block_size}")
