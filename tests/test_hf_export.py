@@ -42,6 +42,7 @@ TOL = 1e-4
 ARCHS = {
     "gpt2": dict(arch="gpt2", bias=True),
     "mosaic": dict(arch="mosaic", k_kernel_size=2, pmem_count=2),
+    "mosaic_bias_untied": dict(arch="mosaic", bias=True, weight_tying=False),
     "mosaic_v2": dict(arch="mosaic_v2", short_window=6, long_skip_eval=3, long_skip_min=2, long_skip_max=4,
                       n_head_long=1),
 }

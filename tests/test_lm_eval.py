@@ -1,7 +1,8 @@
 """The lm-evaluation-harness adapter (model type `mosaic_jax`), offline, on a tiny memory mosaic.
 
 * loglikelihood of batched, padded, length-sorted requests equals an independent per-request sum of
-  log_softmax(mosaic_jax.apply) over the continuation (EOS before the context), is_greedy likewise;
+  log_softmax(mosaic_jax.apply) over the continuation (EOS before the context), is_greedy likewise (the reference
+  scores one request per row, padded to another width than the adapter's);
 * loglikelihood_rolling equals each token predicted from at most max_length previous tokens (EOS first);
 * generate_until equals mosaic_jax's greedy decoder cut at the first stop string;
 * `python -m mosaic_jax.hf.lm_eval_cli --model mosaic_jax ...` runs three tasks defined in the test (local
@@ -56,9 +57,15 @@ def _req(kind, args):
     return Instance(request_type=kind, doc={}, arguments=args, idx=0)
 
 
+REF_WIDTH = 48   # the reference pads every row to this one width (one compile); the adapter pads to 32 or 64
+
+
 def _logprobs(cfg, params, seq):
-    """log p(seq[i+1] | seq[:i+1]) for every i, and whether seq[i+1] is the argmax, one unpadded row."""
-    logits = np.asarray(apply(cfg, params, jnp.asarray([seq[:-1]])))[0].astype(np.float64)
+    """log p(seq[i+1] | seq[:i+1]) for every i, and whether seq[i+1] is the argmax: one row on its own."""
+    n = len(seq) - 1
+    row = np.zeros((1, REF_WIDTH), np.int32)
+    row[0, :n] = seq[:-1]
+    logits = np.asarray(apply(cfg, params, jnp.asarray(row)))[0, :n].astype(np.float64)
     m = logits.max(-1, keepdims=True)
     logp = logits - (m + np.log(np.exp(logits - m).sum(-1, keepdims=True)))
     tgt = np.asarray(seq[1:])
