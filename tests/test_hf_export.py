@@ -138,6 +138,18 @@ def test_import_gpt2_logits_equal(tied, tmp_path):
     with torch.no_grad():
         want = model(torch.tensor(ids)).logits.numpy()
     assert np.abs(np.asarray(apply(cfg, params, jnp.asarray(ids))) - want).max() < TOL
+    if tied:   # the CLI's path: a run folder (export/ + an hf: tokenizer) that generate/evaluate/lm-eval read
+        from transformers import PreTrainedTokenizerFast
+
+        from mosaic_jax.generate import load_for_inference
+        from mosaic_jax.hf.import_gpt2 import import_to_workdir
+        from mosaic_jax.hf.tokenizer import to_tokenizers
+        PreTrainedTokenizerFast(tokenizer_object=to_tokenizers(mt.ByteTokenizer()), eos_token="</s>").save_pretrained(
+            str(tmp_path / "gpt2"))
+        import_to_workdir(str(tmp_path / "gpt2"), str(tmp_path / "run"))
+        cfg2, params2, tok = load_for_inference(str(tmp_path / "run"))
+        assert cfg2 == cfg and tok.kind == "hf" and tok.eos_id == 1 and tok.encode("hi") == [108, 109]
+        assert np.abs(np.asarray(apply(cfg2, params2, jnp.asarray(ids))) - want).max() < TOL
 
 
 def test_import_rejects_other_variants(tmp_path):

@@ -30,8 +30,7 @@ def gpt2_config_dict(cfg: ModelConfig, eos_id: int) -> dict[str, Any]:
             "n_positions": cfg.block_size, "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
             "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
             "resid_pdrop": cfg.hd_dropout, "embd_pdrop": 0.0, "attn_pdrop": cfg.ic_dropout,
-            "tie_word_embeddings": cfg.weight_tying, "bos_token_id": eos_id, "eos_token_id": eos_id,
-            "torch_dtype": "float32"}
+            "tie_word_embeddings": cfg.weight_tying, "bos_token_id": eos_id, "eos_token_id": eos_id}
 
 
 def gpt2_state_dict(cfg: ModelConfig, params: Mapping[str, Any]) -> StateDict:
