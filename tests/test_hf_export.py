@@ -213,7 +213,7 @@ def test_export_cli_on_a_trained_run(trained_run, env, tmp_path):
 
     cfg, params, tok = load_for_inference(str(trained_run))
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), trust_remote_code=True)
-    hf_tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    hf_tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"), trust_remote_code=True)
     ids = [tok.eos_id] + tok.encode("Once upon a time")
     assert hf_tok.encode("Once upon a time", add_special_tokens=False) == ids[1:]
     gen = model.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False).numpy()

@@ -60,7 +60,7 @@ def model_card(cfg: ModelConfig, run: dict[str, Any], last: dict[str, dict[str, 
         " trained with mosaic_jax", "",
         f"Exported from `{workdir}` by `python -m mosaic_jax.export --format=hf`.",
         "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        f"model = {load}", 'tok = AutoTokenizer.from_pretrained("DIR")', "```", "",
+        f"model = {load}", f"tok = {load.replace('AutoModelForCausalLM', 'AutoTokenizer')}", "```", "",
         "## Training", "",
         f"- steps: {step}; tokens seen: {tokens:,} (steps × global batch {train.get('global_batch', '?')} × "
         f"sequence length {seq})",
