@@ -4,7 +4,7 @@ r"""Prepare text corpora into a token store for training.
         --tokenizer=sp:8192
 
 Inputs are files, folders (walked for --include patterns) or globs, comma-separated; plain text, JSONL or
-gzip of either. --tokenizer: sp:N (train sentencepiece BPE), sp-unigram:N, byte, gpt2 (tiktoken), or a
+gzip of either. --tokenizer: sp:N (train sentencepiece BPE), sp-unigram:N, byte, gpt2 (tiktoken), hf:PATH (tokenizer.json), or a
 sentencepiece .model file. Re-running with the same inputs and flags is a no-op; an output folder that
 holds a different preparation is refused. A bad flag exits with status 2, bad input with 1, each with a
 one-line error. (mosaic-prepare is the same command.)
@@ -29,7 +29,7 @@ flags.DEFINE_list("validation_input", [], "Optional inputs that form the whole v
 flags.DEFINE_string("out", None, "Output folder (created; must not hold a different preparation; files inside it "
                     "are never read as input).", flag_values=FLAGS)
 flags.DEFINE_alias("output", "out", flag_values=FLAGS)   # the old name, kept for existing commands
-flags.DEFINE_string("tokenizer", "sp:8192", "sp:N | sp-unigram:N | byte | gpt2 | gpt2:DIR | path/to.model | "
+flags.DEFINE_string("tokenizer", "sp:8192", "sp:N | sp-unigram:N | byte | gpt2 | gpt2:DIR | hf:PATH | path/to.model | "
                     "prepared folder.", flag_values=FLAGS)
 flags.DEFINE_enum("format", _D.format, list(ingest.FORMATS), "Input format; auto sniffs JSON lines, else text.",
                   flag_values=FLAGS)

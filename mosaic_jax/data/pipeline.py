@@ -323,8 +323,8 @@ def prepare(
         if "train" not in splits:
             names = ", ".join(s["path"] for s in train_sources)[:300]
             raise DataError(f"{names}: empty corpus (no training documents; every file is empty or blank)")
-        if isinstance(tok, tokenizers.SentencePieceTokenizer):
-            tok.save(os.path.join(tmp, tokenizers.TOKENIZER_FILE))
+        if isinstance(tok, (tokenizers.SentencePieceTokenizer, tokenizers.HFTokenizer)):   # kept beside the data
+            tok.save(os.path.join(tmp, tok.describe()["file"]))
         text_bytes = sum(r.text_bytes for r, _ in readers)
         seconds = time.perf_counter() - start
         manifest = {

@@ -1,4 +1,5 @@
-"""Tokenizers: byte-level, sentencepiece (train or load) and GPT-2 BPE through tiktoken.
+"""Tokenizers: byte-level, sentencepiece (train or load), GPT-2 BPE through tiktoken and Hugging Face
+``tokenizer.json`` files through ``tokenizers`` (spec ``hf:PATH``; both optional dependencies).
 
 All share one small interface (``encode``, ``decode``, ``vocab_size``, ``eos_id``, ``bos_id``, ``pad_id``,
 ``hash``). ``hash`` is a sha256 of what defines the mapping text → ids, so prepared data and checkpoints can
@@ -246,6 +247,90 @@ class Gpt2Tokenizer(Tokenizer):
         return self._encoding().decode([int(i) for i in ids if int(i) != self.eos_id])
 
 
+HF_TOKENIZER_FILE = "tokenizer.json"   # name of a Hugging Face tokenizer inside a prepared-data folder
+# Where no tokenizer_config.json names the EOS token, the first of these in the vocabulary is EOS.
+_HF_EOS_GUESSES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eot_id|>", "[SEP]")
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face ``tokenizer.json`` through the ``tokenizers`` library (spec ``hf:FILE`` or ``hf:FOLDER``).
+
+    EOS comes from the folder's ``tokenizer_config.json`` / ``special_tokens_map.json`` (``eos_token``) when
+    present, else from well-known names. ``hash`` covers the file's bytes and the EOS id (EOS separates
+    documents in prepared data). Special tokens are never produced by ``encode`` (no BOS/EOS added)."""
+
+    kind = "hf"
+
+    def __init__(self, json_bytes: bytes, eos_token: str | None = None, source: str = "<memory>") -> None:
+        self.json_bytes, self.source, self.eos_token = bytes(json_bytes), source, eos_token
+        self._tok: Any = None
+        tok = self._tokenizer()
+        self.vocab_size = int(tok.get_vocab_size(with_added_tokens=True))
+        names = [eos_token] if eos_token else [n for n in _HF_EOS_GUESSES if tok.token_to_id(n) is not None][:1]
+        eos = tok.token_to_id(names[0]) if names else None
+        if eos is None and eos_token:
+            raise DataError(f"{source}: eos_token {eos_token!r} (from tokenizer_config.json) is not in the vocabulary")
+        if eos is None:
+            raise DataError(f"{source}: cannot tell the EOS token (no eos_token in tokenizer_config.json and none of "
+                            f"{', '.join(_HF_EOS_GUESSES)} in the vocabulary)")
+        self.eos_token = names[0]
+        self.eos_id = self.bos_id = self.pad_id = int(eos)
+        self.hash = hashlib.sha256(b"hf-tokenizers/1 eos=%d\n" % self.eos_id + self.json_bytes).hexdigest()
+
+    @classmethod
+    def from_path(cls, path: str) -> "HFTokenizer":
+        """``path``: a tokenizer.json file, or a folder holding one (and maybe tokenizer_config.json)."""
+        folder, file = (path, os.path.join(path, HF_TOKENIZER_FILE)) if os.path.isdir(path) else \
+            (os.path.dirname(path), path)
+        try:
+            with open(file, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise DataError(f"{file}: cannot read Hugging Face tokenizer ({e.strerror})") from None
+        eos = None
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+            try:
+                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                    value = json.load(f).get("eos_token")
+            except (OSError, ValueError, AttributeError):
+                continue
+            eos = value.get("content") if isinstance(value, dict) else value
+            if eos:
+                break
+        return cls(data, eos, source=file)
+
+    def _tokenizer(self) -> Any:
+        if self._tok is None:
+            try:
+                import tokenizers as hf_tokenizers
+            except ImportError:
+                raise DataError(f"tokenizer hf:{self.source} needs the optional package tokenizers "
+                                "(pip install 'mosaic_jax[hf]' or pip install tokenizers)") from None
+            try:
+                self._tok = hf_tokenizers.Tokenizer.from_str(self.json_bytes.decode("utf-8"))
+            except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for a bad file
+                raise DataError(f"{self.source}: not a Hugging Face tokenizer.json ({str(e).strip()[:200]})") from None
+        return self._tok
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_tok": None}
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer().encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._tokenizer().encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tokenizer().decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def save(self, path: str) -> None:
+        atomic_write(path, self.json_bytes)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "file": HF_TOKENIZER_FILE, "eos_token": self.eos_token}
+
+
 def parse_train_spec(spec: str) -> tuple[str, int] | None:
     """``sp:8192`` → ("bpe", 8192); ``sp-unigram:8192`` → ("unigram", 8192); anything else → None."""
     for prefix, model_type in (("sp:", "bpe"), ("sp-bpe:", "bpe"), ("sp-unigram:", "unigram")):
@@ -314,11 +399,14 @@ def train_sentencepiece(
 
 
 def load_tokenizer(spec: str) -> Tokenizer:
-    """``byte``, ``gpt2`` (or ``gpt2:DIR``), a sentencepiece ``.model`` path, or a prepared-data folder."""
+    """``byte``, ``gpt2`` (or ``gpt2:DIR``), ``hf:PATH`` (a tokenizer.json or a folder holding one), a
+    sentencepiece ``.model`` path, or a prepared-data folder."""
     if spec == "byte":
         return ByteTokenizer()
     if spec == "gpt2" or spec.startswith("gpt2:"):
         return Gpt2Tokenizer(spec[len("gpt2:"):] or None)
+    if spec.startswith("hf:"):
+        return HFTokenizer.from_path(spec[len("hf:"):])
     if parse_train_spec(spec) is not None:
         raise DataError(f"tokenizer spec {spec!r} trains a new model; only prepare_data does that (load the prepared folder instead)")
     if os.path.isdir(spec):
@@ -327,7 +415,7 @@ def load_tokenizer(spec: str) -> Tokenizer:
         return SentencePieceTokenizer.from_file(spec)
     if spec.endswith(".model") or os.sep in spec or spec.startswith("."):
         raise DataError(f"{spec}: file not found (a sentencepiece .model file or a prepared-data folder)")
-    raise DataError(f"{spec}: unknown tokenizer (use byte, gpt2, a sentencepiece .model file or a prepared-data folder)")
+    raise DataError(f"{spec}: unknown tokenizer (use byte, gpt2, hf:PATH, a sentencepiece .model file or a prepared-data folder)")
 
 
 def _load_from_prepared(folder: str) -> Tokenizer:
@@ -344,6 +432,13 @@ def _load_from_prepared(folder: str) -> Tokenizer:
         tok = ByteTokenizer()
     elif kind == "gpt2":
         tok = Gpt2Tokenizer()
+    elif kind == "hf":
+        path = os.path.join(folder, info.get("file", HF_TOKENIZER_FILE))
+        try:
+            with open(path, "rb") as f:
+                tok = HFTokenizer(f.read(), info.get("eos_token"), source=path)
+        except OSError as e:
+            raise DataError(f"{path}: cannot read Hugging Face tokenizer ({e.strerror})") from None
     else:
         raise DataError(f"{manifest_path}: field tokenizer.kind {kind!r} is not a known tokenizer")
     if tok.hash != info.get("hash"):
