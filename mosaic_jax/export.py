@@ -9,63 +9,55 @@ Errors: `export: error: <one line>`, exit 2 for usage errors, 1 for runtime fail
 """
 from __future__ import annotations
 
-import sys
-from typing import Sequence
+from typing import Optional, Sequence
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from mosaic_jax import cli_util
 
 FORMATS = ("hf",)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training run folder (checkpoints/ or export/).")
-_FORMAT = flags.DEFINE_enum("format", "hf", FORMATS, "Output format: hf (a Hugging Face model folder).")
-_OUT = flags.DEFINE_string("out", None, "Output folder (must not exist, or be empty).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer spec, if the run's data folder moved.")
-_PUSH = flags.DEFINE_string("push_to_hub", None, "Also upload the folder to this hub repository (ORG/NAME).")
-
-USAGE, RUNTIME = 2, 1
-
-
-def _fail(message: str, code: int) -> None:
-    print(f"export: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
-    sys.exit(code)
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("workdir", None, "Training run folder (checkpoints/ or export/).", flag_values=FLAGS)
+flags.DEFINE_enum("format", "hf", FORMATS, "Output format: hf (a Hugging Face model folder).", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "Output folder (must not exist, or be empty).", flag_values=FLAGS)
+flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).", flag_values=FLAGS)
+flags.DEFINE_string("tokenizer", None, "Tokenizer spec, if the run's data folder moved.", flag_values=FLAGS)
+flags.DEFINE_string("push_to_hub", None, "Also upload the folder to this hub repository (ORG/NAME).",
+                    flag_values=FLAGS)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser with `--help` exiting 0 and a bad flag as a one-line usage error (exit 2)."""
-    if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
-        print(__doc__.strip() + "\n\nflags:\n" + flags.FLAGS.module_help(sys.modules[__name__]))
-        sys.exit(0)
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        _fail(str(e), USAGE)
-    return []
-
-
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        _fail(f"unexpected arguments: {' '.join(argv[1:])}", USAGE)
-    for name, flag in (("--workdir", _WORKDIR), ("--out", _OUT)):
-        if not flag.value:
-            _fail(f"{name} is required", USAGE)
+def _export(rest: list[str]) -> int:
+    for name in ("workdir", "out"):
+        if not FLAGS[name].value:
+            raise cli_util.UsageError(f"--{name} is required")
+    if FLAGS.push_to_hub and FLAGS.push_to_hub.count("/") != 1:
+        raise cli_util.UsageError(f"--push_to_hub={FLAGS.push_to_hub}: expected ORG/NAME")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)   # Orbax logs every restore at INFO
-    if _PUSH.value and _PUSH.value.count("/") != 1:
-        _fail(f"--push_to_hub={_PUSH.value}: expected ORG/NAME", USAGE)
-    from mosaic_jax.hf.export import ExportError, export_hf
     try:
-        out = export_hf(_WORKDIR.value, _OUT.value, step=_STEP.value, tokenizer=_TOKENIZER.value,
-                        push_to_hub=_PUSH.value)
+        from mosaic_jax.hf.export import ExportError, export_hf
+    except ImportError as e:   # optional dependencies (transformers, ...)
+        raise cli_util.CommandError(f"--format=hf needs the optional packages of mosaic_jax[hf] ({e})") from None
+    try:
+        out = export_hf(FLAGS.workdir, FLAGS.out, step=FLAGS.step, tokenizer=FLAGS.tokenizer,
+                        push_to_hub=FLAGS.push_to_hub)
     except ImportError as e:
-        _fail(f"--format=hf needs the optional packages of mosaic_jax[hf] ({e})", RUNTIME)
-    except (ExportError, ValueError, OSError) as e:
-        _fail(str(e), RUNTIME)
-    print(f"exported {_WORKDIR.value} to {out}" + (f" and pushed it to {_PUSH.value}" if _PUSH.value else ""))
+        raise cli_util.CommandError(f"--format=hf needs the optional packages of mosaic_jax[hf] ({e})") from None
+    except (ExportError, ValueError) as e:
+        raise cli_util.CommandError(str(e)) from None
+    print(f"exported {FLAGS.workdir} to {out}" + (f" and pushed it to {FLAGS.push_to_hub}" if FLAGS.push_to_hub
+                                                   else ""))
+    return 0
 
 
-def run() -> None:
-    app.run(main, flags_parser=_parse_flags)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The CLI; returns the exit status."""
+    return cli_util.run("export", FLAGS, _export, argv, doc=__doc__)
+
+
+cli = cli_util.exit_with(main)
+run = cli   # the name the first version of this module gave its entry point
 
 
 if __name__ == "__main__":
-    run()
+    cli()

@@ -28,6 +28,7 @@ MISSING_FILE = {
     "bench_decode": ([f"--out={MISSING}/rows.json"], 1),
     "bench_data": ([f"--prepared={MISSING}/prepared"], 1),
     "v2_counts": ([f"--out={MISSING}/table.md"], 1),
+    "export": ([f"--workdir={MISSING}/run", "--out=unused"], 1),
 }
 
 
