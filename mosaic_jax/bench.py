@@ -60,6 +60,7 @@ class Variant:
     row: dict[str, Any]            # the fixed fields of the output row
     run: Callable[[], Optional[float]]   # one step (blocks until done); may return its own timed seconds
     times: list[float] = dataclasses.field(default_factory=list)
+    hlo: str = ""                  # the compiled step's HLO text (train rows; benchmarks/profile_step.py reads it)
 
 
 def device_name() -> str:
@@ -124,7 +125,7 @@ def train_variant(cfg: ModelConfig, batch: int, seq: int, warmup: int) -> Varian
     mem = xla_memory_bytes(compiled)
     row = {"bench": "train", "compile_s": round(compile_s, 1), "xla_mem_gb": None if mem is None else mem / 2 ** 30,
            "flops_per_token": flops.train_flops_per_token(cfg, seq), "params": train_state.count_params(state)}
-    return Variant(row, run)
+    return Variant(row, run, hlo=compiled.as_text())
 
 
 def decode_variant(cfg: ModelConfig, batch: int, prompt: int, new: int, warmup: int) -> Variant:
