@@ -96,3 +96,20 @@ def test_torch_modes_and_their_precision_agree_with_the_reference_script() -> No
     assert set(torch_reference.MODES) == set(bench.TORCH_MODES)
     for mode, dtype in bench.TORCH_MODES.items():
         assert torch_reference.mode_dtype(mode) == dtype
+
+
+def test_profile_groups_ops_by_the_model_part_they_come_from() -> None:
+    spec = importlib.util.spec_from_file_location("profile_step", bench.REFERENCE_SCRIPT.with_name("profile_step.py"))
+    prof = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prof)
+    hlo = ('  %ynn_fusion.7 = f32[8] fusion(%p), metadata={op_name="jit(step)/transpose(jvp(LanguageModel))/'
+           'blocks/mosaic/pmem/while/body/exp" source_file="x.py"}\n'
+           '  ROOT %add.3 = f32[8] add(%a, %b), metadata={op_name="jit(step)/add"}\n'
+           '  %fusion.2 = f32[8] fusion(%q), metadata={op_name="jit(step)/jvp(LanguageModel)/blocks/mosaic/ln1/mul"}\n')
+    names = prof.op_names(hlo)
+    assert names == {"ynn_fusion.7": "jit(step)/transpose(jvp(LanguageModel))/blocks/mosaic/pmem/while/body/exp",
+                     "add.3": "jit(step)/add", "fusion.2": "jit(step)/jvp(LanguageModel)/blocks/mosaic/ln1/mul"}
+    assert prof.group_of(names["ynn_fusion.7"]).startswith("P-mem read kernel") and "[bwd]" in prof.group_of(
+        names["ynn_fusion.7"])
+    assert prof.group_of(names["add.3"]).startswith("optimizer")
+    assert prof.group_of(names["fusion.2"]) == "LayerNorm"
