@@ -36,6 +36,9 @@ GROUPS = (
 )
 
 
+CONTAINER = re.compile(r"(while|call|conditional)(\.\d+)?$")
+
+
 def group_of(op_name: str) -> str:
     bwd = " [bwd]" if "transpose(" in op_name else ""
     for g, rx in GROUPS:
@@ -68,8 +71,8 @@ def profile(arch: str, size: str, dtype: str, impl: str, steps: int, batch: int,
         events = json.loads(gzip.decompress(trace.read_bytes()))
     events = events["traceEvents"] if isinstance(events, dict) else events
     per_op: collections.Counter = collections.Counter()
-    for e in events:
-        if e.get("ph") == "X" and e.get("name") in names:
+    for e in events:   # loops and calls are spans around their bodies' ops: counting them would count twice
+        if e.get("ph") == "X" and e.get("name") in names and not CONTAINER.match(e["name"]):
             per_op[e["name"]] += e.get("dur", 0) / 1e6 / steps
     groups: collections.Counter = collections.Counter()
     for n, t in per_op.items():

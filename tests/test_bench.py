@@ -113,3 +113,4 @@ def test_profile_groups_ops_by_the_model_part_they_come_from() -> None:
         names["ynn_fusion.7"])
     assert prof.group_of(names["add.3"]).startswith("optimizer")
     assert prof.group_of(names["fusion.2"]) == "LayerNorm"
+    assert prof.CONTAINER.match("while.290") and not prof.CONTAINER.match("ynn_fusion.7")   # loops: not twice
