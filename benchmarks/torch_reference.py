@@ -4,12 +4,16 @@ official code); its state_dict uses the reference names (§3.1), so the golden v
 
     python benchmarks/torch_reference.py --check-golden               # logits vs ../shared/golden (≤ 2e-5)
     python benchmarks/torch_reference.py --modes eager,compile        # train-step tokens/s, JSON lines
+    python benchmarks/torch_reference.py --modes compile-bf16         # the reference's mixed precision
     python benchmarks/torch_reference.py --serve --modes eager        # one step per "step" line on stdin
                                                                       # (used by `python -m mosaic_jax.bench --torch`)
 
 The step is the one the JAX harness times: no dropout, loss → backward → clip_grad_norm(1.0) → AdamW(1e-3,
-betas (0.9, 0.95), weight decay 0.1). It follows the reference's operator choices: the leaky average as a T×T
-decay matrix, the contextual read as masked softmax + matmul, the persistent read through SDPA.
+betas (0.9, 0.95), weight decay 0.1). A mode ending in "-bf16" runs forward and loss under
+torch.autocast(bfloat16) with float32 weights and optimizer, as the reference's training script does (it uses
+float16 + GradScaler on GPU; bfloat16 is the CPU autocast type and needs no scaler). It follows the reference's
+operator choices: the leaky average as a T×T decay matrix, the contextual read as masked softmax + matmul, the
+persistent read through SDPA.
 torch is imported here only; nothing in mosaic_jax depends on this file.
 """
 from __future__ import annotations
@@ -147,9 +151,20 @@ def check_golden(golden: pathlib.Path = GOLDEN) -> float:
     return worst
 
 
+MODES = ("eager", "compile", "eager-bf16", "compile-bf16")
+
+
+def mode_dtype(mode: str) -> str:
+    """The compute precision of a mode: "bfloat16" (autocast) for the "-bf16" modes, else "float32"."""
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: must be one of {', '.join(MODES)}")
+    return "bfloat16" if mode.endswith("-bf16") else "float32"
+
+
 def make_step(mode: str, L: int, C: int, H: int, P: int, V: int, T: int, B: int,
               threads: Optional[int] = None) -> Callable[[], float]:
-    """A zero-argument training step (returns the loss) of the reference model; `mode` "eager" or "compile"."""
+    """A zero-argument training step (returns the loss) of the reference model; `mode` one of MODES."""
+    autocast = mode_dtype(mode) == "bfloat16"
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -158,12 +173,13 @@ def make_step(mode: str, L: int, C: int, H: int, P: int, V: int, T: int, B: int,
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=1e-3, betas=(0.9, 0.95))
-    fwd = torch.compile(model) if mode == "compile" else model
+    fwd = torch.compile(model) if mode.startswith("compile") else model
     x = torch.randint(0, V, (B, T))
     y = torch.roll(x, -1, 1)
 
     def step() -> float:
-        loss = F.cross_entropy(fwd(x).view(-1, V), y.view(-1), ignore_index=-1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):   # forward + loss, as the reference
+            loss = F.cross_entropy(fwd(x).view(-1, V), y.view(-1), ignore_index=-1)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -187,7 +203,7 @@ def time_train(mode: str, L: int, C: int, H: int, P: int, V: int, T: int, B: int
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     return {"impl": f"torch-{mode}", "arch": "mosaic-reference", "device": f"cpu ({torch.get_num_threads()} threads)",
-            "L": L, "C": C, "H": H, "P": P, "V": V, "T": T, "B": B, "dtype": "float32",
+            "L": L, "C": C, "H": H, "P": P, "V": V, "T": T, "B": B, "dtype": mode_dtype(mode),
             "step_ms": med * 1e3, "tokens_per_s": B * T / med, "steps": steps, "warmup_s": compile_s,
             "step_ms_all": [round(t * 1e3, 1) for t in times]}
 
@@ -201,8 +217,8 @@ def serve(mode: str, L: int, C: int, H: int, P: int, V: int, T: int, B: int, war
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
-    print(json.dumps({"ready": True, "warmup_s": time.perf_counter() - t0, "threads": torch.get_num_threads()}),
-          flush=True)
+    print(json.dumps({"ready": True, "warmup_s": time.perf_counter() - t0, "threads": torch.get_num_threads(),
+                      "torch": torch.__version__}), flush=True)
     for line in sys.stdin:
         if line.strip() != "step":
             break

@@ -2,14 +2,18 @@ r"""Benchmark harness: training-step tokens/s, MFU and memory of the memory mosa
 decode speed. One JSON line per row on stdout (the device named in every row), a markdown table on request.
 
     python -m mosaic_jax.bench --smoke                                   # CI: tiny model, 2 timed steps
-    python -m mosaic_jax.bench --size=cpu --dtype=float32,bfloat16 --impl=fast,plain --torch=eager,compile \
-        --markdown                                                       # the CPU comparison of issue 9
+    python -m mosaic_jax.bench --size=cpu --dtype=float32,bfloat16 --impl=fast,plain \
+        --torch=compile,compile-bf16 --markdown                          # the CPU comparison of issues 9 and 17
     python -m mosaic_jax.bench --size=gpt2-small --seq=512 --batch=8 --dtype=bfloat16     # GPU, one card
 
 Timing: every variant is compiled and warmed up first (warm-up excluded), then the variants run INTERLEAVED,
 one step each per round, for --rounds rounds, so that all rows see the same machine load; a row reports the
 median (and best) step time. On a shared machine compare rows of one run only. `--torch` adds the PyTorch
-reference (benchmarks/torch_reference.py, needs torch) to the same rounds.
+reference (benchmarks/torch_reference.py, needs torch) to the same rounds: `eager`/`compile` in float32,
+`eager-bf16`/`compile-bf16` under torch.autocast(bfloat16) (the reference's mixed precision), rows of dtype
+bfloat16. Ratios (vs_torch_*, vs_gpt2) only ever pair rows of the same dtype, shape, dropout and device
+(bench_report.add_ratios). Every row names the CPU model and its matmul flags (AVX2/AVX-512/AVX512-BF16/AMX,
+hostinfo.py) and the load average (1/5/15 min) at the start and end of the timed rounds.
 
 MFU = train_flops_per_token (flops.py: 3 × forward matmul FLOPs, full T×T, remat excluded) × tokens/s ÷ peak.
 The peak is the table value on accelerators, and on CPU the best matmul rate (1024³) measured in every round of
@@ -26,7 +30,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
@@ -38,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from absl import flags
 
-from mosaic_jax import bench_report, cli_util, flops, model, optim, train_state, train_step
+from mosaic_jax import bench_report, cli_util, flops, hostinfo, model, optim, train_state, train_step
 from mosaic_jax.config import ModelConfig
 
 # name -> (n_layer, n_embd, n_head, pmem_size, vocab_size); P = 3.5·C gives the GPT-2 layer's FLOPs/params
@@ -49,6 +52,7 @@ SIZES: dict[str, tuple[int, int, int, int, int]] = {
     "gpt2-medium": (24, 1024, 16, 3584, 50304),
 }
 PLAIN = dict(cmem_impl="dense", pmem_impl="dense", loss_impl="dense", proj_impl="dense")   # every fast path off
+TORCH_MODES = {"eager": "float32", "compile": "float32", "eager-bf16": "bfloat16", "compile-bf16": "bfloat16"}
 REFERENCE_SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "torch_reference.py"
 
 
@@ -57,21 +61,11 @@ class Variant:
     row: dict[str, Any]            # the fixed fields of the output row
     run: Callable[[], Optional[float]]   # one step (blocks until done); may return its own timed seconds
     times: list[float] = dataclasses.field(default_factory=list)
+    hlo: str = ""                  # the compiled step's HLO text (train rows; benchmarks/profile_step.py reads it)
 
 
 def device_name() -> str:
-    d = jax.devices()[0]
-    if d.platform == "cpu":
-        cpu = platform.processor() or "cpu"
-        try:
-            for line in open("/proc/cpuinfo"):
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-        return f"cpu: {cpu} ({len(os.sched_getaffinity(0))} of {os.cpu_count()} cores)"
-    return f"{d.platform}: {d.device_kind} x{jax.device_count()}"
+    return hostinfo.device_fields()["device"]
 
 
 def model_config(arch: str, size: str, seq: int, dtype: str, impl: str, dropout: float, remat: str) -> ModelConfig:
@@ -132,7 +126,7 @@ def train_variant(cfg: ModelConfig, batch: int, seq: int, warmup: int) -> Varian
     mem = xla_memory_bytes(compiled)
     row = {"bench": "train", "compile_s": round(compile_s, 1), "xla_mem_gb": None if mem is None else mem / 2 ** 30,
            "flops_per_token": flops.train_flops_per_token(cfg, seq), "params": train_state.count_params(state)}
-    return Variant(row, run)
+    return Variant(row, run, hlo=compiled.as_text())
 
 
 def decode_variant(cfg: ModelConfig, batch: int, prompt: int, new: int, warmup: int) -> Variant:
@@ -174,8 +168,10 @@ def torch_variant(mode: str, size: str, batch: int, seq: int, warmup: int) -> Va
         return float(proc.stdout.readline())
 
     cfg = model_config("mosaic", size, seq, "float32", "plain", 0.0, "none")
+    precision = "autocast bfloat16, float32 weights" if TORCH_MODES[mode] == "bfloat16" else "float32"
     return Variant({"bench": "train", "compile_s": round(ready["warmup_s"], 1), "xla_mem_gb": None,
-                    "flops_per_token": flops.train_flops_per_token(cfg, seq), "threads": ready["threads"]}, run)
+                    "flops_per_token": flops.train_flops_per_token(cfg, seq), "threads": ready["threads"],
+                    "torch": ready.get("torch"), "torch_precision": precision}, run)
 
 
 def peak_for(dtype: str, override: float, cpu_peaks: dict[str, float]) -> tuple[Optional[float], str]:
@@ -206,7 +202,7 @@ def interleave(variants: Sequence[Variant], rounds: int, pause: float, cpu_peaks
             cpu_peaks[dtype] = max(cpu_peaks[dtype], flops.measure_cpu_peak(dtype, repeats=5))
 
 
-def finish(v: Variant, peak: tuple[Optional[float], str], load: tuple[float, float]) -> dict[str, Any]:
+def finish(v: Variant, peak: tuple[Optional[float], str], load: dict[str, list[float]]) -> dict[str, Any]:
     r = dict(v.row)
     med, best = statistics.median(v.times), min(v.times)
     if r["bench"] == "decode":
@@ -238,7 +234,8 @@ flags.DEFINE_integer("warmup", 3, "Untimed steps per variant after compiling.", 
 flags.DEFINE_float("pause", 0.2, "Seconds of idle before each timed step.", lower_bound=0.0, flag_values=FLAGS)
 flags.DEFINE_bool("decode", False, "Also time decoding (prefill --seq/2, then new tokens).", flag_values=FLAGS)
 flags.DEFINE_integer("decode_tokens", 64, "New tokens per decode timing.", lower_bound=1, flag_values=FLAGS)
-flags.DEFINE_string("torch", "", "Comma list: eager, compile (PyTorch reference rows, CPU only).", flag_values=FLAGS)
+flags.DEFINE_string("torch", "", "Comma list: eager, compile (float32), eager-bf16, compile-bf16 (autocast "
+                    "bfloat16): PyTorch reference rows, CPU only.", flag_values=FLAGS)
 flags.DEFINE_float("peak_flops", 0.0, "Per-device peak FLOP/s (0: table/measured).", lower_bound=0.0,
                    flag_values=FLAGS)
 flags.DEFINE_bool("markdown", False, "Print a markdown table after the JSON lines.", flag_values=FLAGS)
@@ -266,7 +263,7 @@ def parse(argv: Optional[Sequence[str]]) -> types.SimpleNamespace:
     return a
 
 
-CHOICES = {"arch": ("mosaic", "gpt2"), "dtype": ("float32", "bfloat16"), "torch": ("eager", "compile")}
+CHOICES = {"arch": ("mosaic", "gpt2"), "dtype": ("float32", "bfloat16"), "torch": tuple(TORCH_MODES)}
 
 
 def check_args(a: Any) -> None:
@@ -289,7 +286,7 @@ def check_args(a: Any) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     a = parse(argv)
     lists = {k: [x for x in getattr(a, k).split(",") if x] for k in ("arch", "size", "seq", "dtype", "impl", "torch")}
-    dev = device_name()
+    dev = hostinfo.device_fields()
     variants: list[Variant] = []
     for size in lists["size"]:
         for seq in map(int, lists["seq"]):
@@ -297,10 +294,10 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
                 for dtype in lists["dtype"]:
                     for impl in lists["impl"]:
                         cfg = model_config(arch, size, seq, dtype, impl, a.dropout, a.remat)
-                        base = {"device": dev, "arch": arch, "size": size, "T": seq, "B": a.batch, "dtype": dtype,
-                                "impl": impl, "remat": a.remat, "dropout": a.dropout,
-                                "L": cfg.n_layer, "C": cfg.n_embd, "H": cfg.n_head, "V": cfg.vocab_size,
-                                "P": cfg.pmem_size if arch == "mosaic" else None}
+                        base = dev | {"arch": arch, "size": size, "T": seq, "B": a.batch, "dtype": dtype,
+                                      "impl": impl, "remat": a.remat, "dropout": a.dropout,
+                                      "L": cfg.n_layer, "C": cfg.n_embd, "H": cfg.n_head, "V": cfg.vocab_size,
+                                      "P": cfg.pmem_size if arch == "mosaic" else None}
                         t0 = time.perf_counter()
                         v = train_variant(cfg, a.batch, seq, a.warmup)
                         print(f"[bench] set up {arch} {size} T{seq} {dtype} {impl}: compiled and warmed in "
@@ -314,15 +311,15 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
             for mode in lists["torch"]:
                 v = torch_variant(mode, size, a.batch, seq, a.warmup)
                 L, C, H, P, V = SIZES[size]
-                v.row = {"device": dev, "arch": "mosaic", "size": size, "T": seq, "B": a.batch, "dtype": "float32",
-                         "impl": f"torch-{mode}", "remat": "none", "dropout": 0.0, "L": L, "C": C, "H": H, "V": V,
-                         "P": P} | v.row
+                v.row = dev | {"arch": "mosaic", "size": size, "T": seq, "B": a.batch, "dtype": TORCH_MODES[mode],
+                               "impl": f"torch-{mode.removesuffix('-bf16')}", "remat": "none", "dropout": 0.0,
+                               "L": L, "C": C, "H": H, "V": V, "P": P} | v.row
                 variants.append(v)
-    load0 = os.getloadavg()[0]
+    load0 = [round(x, 2) for x in os.getloadavg()]
     cpu = jax.devices()[0].platform == "cpu" and a.peak_flops <= 0
     peaks = {v.row["dtype"]: 0.0 for v in variants} if cpu else {}
     interleave(variants, a.rounds, a.pause, peaks)
-    load = (round(load0, 2), round(os.getloadavg()[0], 2))
+    load = {"start": load0, "end": [round(x, 2) for x in os.getloadavg()]}
     rows = [finish(v, peak_for(v.row["dtype"], a.peak_flops, peaks), load) for v in variants]
     bench_report.add_ratios(rows)
     meta = {"jax": jax.__version__, "backend": jax.default_backend(), "device_peak_gb": device_peak_gb(),
@@ -336,7 +333,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     if out:
         out.close()
     if a.markdown:
-        print(bench_report.markdown(rows))
+        print(bench_report.markdown(rows, peaks))
     if a.plot:
         print(f"[bench] plot: {bench_report.plot(rows, a.plot)}", file=sys.stderr)
     return rows
