@@ -69,7 +69,7 @@ def train(p: dict, opt_name: str, n_head: int, seed: int) -> tuple[dict, list[fl
     params = tm.init_params(jax.random.key(seed))
     opt = make_optimizer(opt_name, p["steps"])
     state = opt.init(params)
-    dt = tm.time_step(800)
+    dt = tm.time_step(p["block"])
 
     @jax.jit
     def step(prm, st, x, y):
@@ -118,6 +118,7 @@ def register(a: argparse.Namespace) -> None:
     f = out / "protocol.json"
     if f.exists():
         sys.exit(f"{f}: a protocol is already registered; register a new run in a new folder")
+    scale = a.block / 800                         # ranges scale with the geometry (3 combined periods per window)
     proto = {
         "registered_utc": now_utc(),
         "question": "Rate at which 3-head models disentangle (paper §3), per optimiser: reference-style AdamW "
@@ -131,14 +132,19 @@ def register(a: argparse.Namespace) -> None:
         "stopping_rule": f"no run starts after {a.deadline} UTC; a run killed mid-way has no line and is reported "
                          "as not run; 3-head seeds count for an optimiser only if completed",
         "deadline_utc": a.deadline,
-        "steps": a.steps, "batch": a.batch, "block": a.block, "chunk": a.chunk,
+        "steps": a.steps, "batch": a.batch, "block": a.block, "chunk": a.chunk, "dt": tm.time_step(a.block),
+        "val_periods_steps": [tm.period_in_steps(q, tm.time_step(a.block)) for q in tm.VAL_TRIPLE],
+        "val_combined_period_steps": tm.period_in_steps(tm.combined_period(tm.VAL_TRIPLE), tm.time_step(a.block)),
         "lr": "linear 1e-2 -> 5e-6 over steps", "betas": [0.9, 0.999], "weight_decay": 0.0, "beta_attn": tm.BETA,
         "eval": {"triple": list(tm.VAL_TRIPLE), "windows": a.eval_batch, "window_seed": 0, "n_gen": N_GEN,
-                 "ctx_stride": a.ctx_stride, "eval_block": a.eval_block,
+                 "ctx_stride": a.ctx_stride, "eval_block": a.block,
                  "per_seed_statistic": "median over (windows x contexts in range) of the per-window error",
-                 "ranges": {"early": [10, 39], "mid": [143, 257], "late": [287, 10 ** 6]}},
-        "success_rule": "a 3-head seed succeeds if its mid-range (143-257) error < 0.5 x the median over 1-head "
-                        "seeds of their mid-range error, same optimiser and same evaluation",
+                 "ranges": {"early": [round(10 * scale), round(39 * scale)],
+                            "mid": [round(143 * scale), round(257 * scale)],
+                            "late": [round(287 * scale), 10 ** 6]}},
+        "success_rule": "a 3-head seed succeeds if its mid-range error (contexts 143-257 at the paper's "
+                        "geometry, scaled by block/800: single periods covered, combined not) < 0.5 x the median "
+                        "over 1-head seeds of their mid-range error, same optimiser and same evaluation",
         "summaries": "per arm: median and IQR (25-75 %) over seeds; success count / seeds completed",
         "reductions_from_issue": a.reductions,
     }
@@ -171,7 +177,7 @@ def run(a: argparse.Namespace) -> None:
         sys.exit(f"{f}: no registered protocol; run `register` first")
     p = json.loads(f.read_text())
     make_optimizer(a.optimizer, 1)                # validates the name before any work
-    dt = tm.time_step(800)
+    dt = tm.time_step(p["block"])
     ev = p["eval"]
     val = tm.sample_batch(np.random.default_rng(ev["window_seed"]), [tm.VAL_TRIPLE], ev["windows"],
                           ev["eval_block"], dt, extra=N_GEN)
@@ -216,7 +222,6 @@ def main(argv=None) -> None:
     ap.add_argument("--block", type=int, default=800)
     ap.add_argument("--chunk", type=int, default=100)
     ap.add_argument("--eval-batch", type=int, default=16)
-    ap.add_argument("--eval-block", type=int, default=800)
     ap.add_argument("--ctx-stride", type=int, default=6)
     ap.add_argument("--deadline", default="23:59", help="HH:MM UTC after which no run starts")
     ap.add_argument("--reductions", default="none")
@@ -230,7 +235,7 @@ def main(argv=None) -> None:
         report(pathlib.Path(a.out))
     else:   # smoke: tiny everything, both optimisers, then the report
         base = ["--out", a.out, "--seeds-1head", "1", "--seeds-3head", "2", "--steps", "4", "--batch", "2",
-                "--block", "48", "--chunk", "16", "--eval-batch", "2", "--eval-block", "80", "--ctx-stride", "20",
+                "--block", "64", "--chunk", "16", "--eval-batch", "2", "--ctx-stride", "8",
                 "--reductions", "smoke: numbers meaningless"]
         main(["register"] + base)
         for o in OPTIMIZERS:
