@@ -52,10 +52,12 @@ def backfill(name: str) -> dict:
     wall = re.search(r"Wall time: ([0-9.]+) (s|min)", md)
     wall_s = None if wall is None else float(wall.group(1)) * (60 if wall.group(2) == "min" else 1)
     extra = re.findall(r"\(`(python experiments/[^`]*)`", md)
+    ngram = re.search(r"3-gram baseline[^:]*: accuracy ([0-9.]+),\s*TVD ([0-9]+\.[0-9]+)", md)
     return {"experiment": name, "source": "reconstructed from results.md: the run kept no raw output",
             "command": cmd.group(1) if cmd else None, "other_commands_in_file": extra, "wall_s": wall_s,
             "loadavg": None, "machine": "x86_64 CPU, 2 cores (shared), CPython 3.11.7 (as the file states)",
-            "seeds": "one seed per row", "note": NOTES.get(name), "tables": tables(md)}
+            "seeds": "one seed per row", "note": NOTES.get(name), "tables": tables(md),
+            "ngram3": None if ngram is None else {"accuracy": float(ngram.group(1)), "tvd": float(ngram.group(2))}}
 
 
 def main() -> None:
