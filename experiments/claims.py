@@ -68,7 +68,7 @@ def three_moons_rows() -> list[list[str]]:
                "optax's bias-corrected AdamW" if ok_ref > ok_opt + 0.25 else
                "the optimiser makes little difference at this scale" if abs(ok_ref - ok_opt) <= 0.25 else
                "optax's AdamW does better here")
-        why += "; batch 64 and window 800 did not fit the CPU"
+        why += "; the paper's batch 64 and window 800 did not fit the CPU and remain untested"
     else:
         verdict, ours, why = "partial", hist, "pre-registered study not finished"
     rows.append(["Three moons: 3 heads disentangle (one moon per head) and predict well once the single periods "
