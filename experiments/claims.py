@@ -90,7 +90,8 @@ def regbench_rows() -> list[list[str]]:
          "partial",
          "the mosaic leads the transformer at every N, but never beats an untrained in-context 3-gram "
          f"(accuracy {short['ngram3']['accuracy']:.3f}, TVD {short['ngram3']['tvd']:.3f}) on the same test set; "
-         "3 seeds, dropout 0.05 and a learning-rate grid not attempted this round (CPU)"],
+         "3 seeds, dropout 0.05 and a learning-rate grid not attempted this round (CPU); the 1-layer lead "
+         "is guarded by tests/test_science_regbench.py"],
         ["RegBench: the transformer catches up at 2500 automata", "0.925",
          f"{tr(ts, 2500):.3f} (0.8 epochs), {tr(tl, 2500):.3f} (12.8 epochs)", "not reproduced",
          "undertrained (the paper: 200 epochs); an undertrained model compared with a fully trained one says nothing"],
@@ -145,7 +146,7 @@ def v2_rows() -> list[list[str]]:
              f"trained at 256: MM v2 {r('MM v2', '256'):.0%} / {r('MM v2', '2048'):.0%} at 256 / 2048 tokens, "
              f"{r(no, '2048'):.1%} without long-term memory; v1 {r('MM v1', '2048'):.1%}, GPT-2 "
              f"{r('GPT-2', '2048'):.1%} (chance 3.1 %); one seed, toy retrieval", "reproduced (toy scale)",
-             "synthetic key-value retrieval, not RULER; one seed"]]
+             "synthetic key-value retrieval, not RULER; one seed; guarded by tests/test_science_v2.py"]]
 
 
 def build() -> str:
