@@ -260,6 +260,8 @@ def main(argv=None) -> dict:
         plt.close(fig)
 
     wall = time.time() - t_start
+    score_kind = ("raw (NOT centred: per-row offsets, which softmax ignores, count)" if a.raw_scores else
+                  "centred per query row over its readable keys (softmax-invariant)")
     md = f"""# Attention analysis: consistency of attention scores across positions, memory mosaic vs GPT-2
 
 Command: `{command_line(['python', 'experiments/attention_consistency.py'] + list(sys.argv[1:] if argv is None else argv))}`
@@ -267,7 +269,7 @@ Wall time: {wall:.0f} s on {machine()}{' — SMOKE RUN, numbers meaningless' if 
 models are the runs of `experiments/lm_by_depth.py`, see its results.md for how they were trained).
 
 Data: {a.windows} evenly spaced TinyStories-validation windows of the training context. Scores: mosaic C-mem
-k_t·k_j (β inside the keys; strictly causal, j ≤ t − 1); GPT-2 q_t·k_j/√D (j ≤ t); {'raw (NOT centred: per-row offsets, which softmax ignores, count)' if a.raw_scores else 'centred per query row over its readable keys (softmax-invariant)'}. Inconsistency at distance d:
+k_t·k_j (β inside the keys; strictly causal, j ≤ t − 1); GPT-2 q_t·k_j/√D (j ≤ t); {score_kind}. Inconsistency at distance d:
 std over query positions t (t ≥ 16) of the window-averaged score s̄(t, t − d), divided by the std of all of that
 head's scores; averaged over heads and layers. Lower = the score given to a token d back depends less on the
 query's absolute position. The window mean carries sampling noise (about 1/√{a.windows} of the content spread);

@@ -205,7 +205,8 @@ def run(a: argparse.Namespace) -> None:
                "command": command_line(), "machine": f"{machine()}; {cpu_model()}"}
         with open(lines, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
-        print(f"{a.optimizer} {n_head}h seed {seed}: loss {rec['final_loss']:.4f}, diag {rec['w_phi_diagonality']:.2f}, "
+        print(f"{a.optimizer} {n_head}h seed {seed}: loss {rec['final_loss']:.4f}, "
+              f"diag {rec['w_phi_diagonality']:.2f}, "
               f"train {t_train:.0f}s eval {rec['eval_s']:.0f}s, load {load0[0]:.1f}", flush=True)
 
 
