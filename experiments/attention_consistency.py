@@ -49,6 +49,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--runs", default=None, help="experiments/lm_by_depth.py workdirs (default runs/lm_by_depth; "
                    "with --smoke and no --runs, tiny runs are trained first)")
     p.add_argument("--depths", default="1,4")
+    p.add_argument("--raw-scores", action="store_true", help="do not centre the scores per query row (the first "
+                   "version's metric, which counts per-row offsets that softmax ignores)")
     p.add_argument("--windows", type=int, default=64)
     p.add_argument("--text", default=str(SHARED / "data" / "tinystories" / "valid_v1_prefix.txt"))
     a = p.parse_args(argv)
@@ -58,9 +60,18 @@ def parse(argv=None) -> argparse.Namespace:
     return a
 
 
-def score_statistics(cfg, params, tokens_BT: np.ndarray) -> dict:
+def centre_rows(s_TT: np.ndarray, allowed_TT: np.ndarray) -> np.ndarray:
+    """Scores minus their mean over each query row's readable keys (issue 18): softmax ignores a per-row offset,
+    so only centred scores (or the probabilities) say what the attention does. Unreadable entries become 0."""
+    n = np.maximum(allowed_TT.sum(-1, keepdims=True), 1)
+    mean = np.where(allowed_TT, s_TT, 0.0).sum(-1, keepdims=True) / n
+    return np.where(allowed_TT, s_TT - mean, 0.0)
+
+
+def score_statistics(cfg, params, tokens_BT: np.ndarray, centre: bool = True) -> dict:
     """Window-averaged pre-softmax scores and read weights (L, H, T, T), the per-head std of all readable scores
-    (L, H), the read weights of the first window (L, H, T, T) and the readable mask (T, T)."""
+    (L, H), the read weights of the first window (L, H, T, T) and the readable mask (T, T). With `centre` the
+    scores are centred per query row first (softmax-invariant); the committed table predates this switch."""
     from mosaic_jax import decode, memory
     from mosaic_jax.analysis import attention_maps
 
@@ -84,6 +95,8 @@ def score_statistics(cfg, params, tokens_BT: np.ndarray) -> dict:
     for i in range(0, len(tokens_BT), 8):
         chunk = jnp.asarray(tokens_BT[i:i + 8])
         s = np.asarray(scores(params, chunk), np.float64)                 # (L, B, H, T, T)
+        if centre:
+            s = centre_rows(s, allowed)
         w = np.asarray(attention_maps(cfg, params, chunk), np.float64)
         s_sum = s.sum(1) if s_sum is None else s_sum + s.sum(1)
         s2_sum = (s * s).sum(1) if s2_sum is None else s2_sum + (s * s).sum(1)
@@ -156,7 +169,7 @@ def main(argv=None) -> dict:
         ids = tok.encode(pathlib.Path(a.text).read_text(encoding="utf-8"))
         w = corpus_windows(ids, T)
         w = w[np.linspace(0, len(w) - 1, min(a.windows, len(w))).astype(int), :T]
-        st = score_statistics(cfg, params, w)
+        st = score_statistics(cfg, params, w, centre=not a.raw_scores)
         inc_raw = inconsistency(st["s_mean"], st["s_std"], st["allowed"], min(16, T // 4))     # (L, H, T)
         inc = inconsistency(st["s_mean"], st["s_std"], st["allowed"], min(16, T // 4), st["s_noise"])
         results[(arch, depth)] = dict(inc=inc, inc_raw=inc_raw, sbar=by_distance(st["s_mean"], 0), wbar=by_distance(st["w_mean"], 0),
@@ -247,6 +260,8 @@ def main(argv=None) -> dict:
         plt.close(fig)
 
     wall = time.time() - t_start
+    score_kind = ("raw (NOT centred: per-row offsets, which softmax ignores, count)" if a.raw_scores else
+                  "centred per query row over its readable keys (softmax-invariant)")
     md = f"""# Attention analysis: consistency of attention scores across positions, memory mosaic vs GPT-2
 
 Command: `{command_line(['python', 'experiments/attention_consistency.py'] + list(sys.argv[1:] if argv is None else argv))}`
@@ -254,7 +269,7 @@ Wall time: {wall:.0f} s on {machine()}{' — SMOKE RUN, numbers meaningless' if 
 models are the runs of `experiments/lm_by_depth.py`, see its results.md for how they were trained).
 
 Data: {a.windows} evenly spaced TinyStories-validation windows of the training context. Scores: mosaic C-mem
-k_t·k_j (β inside the keys; strictly causal, j ≤ t − 1); GPT-2 q_t·k_j/√D (j ≤ t). Inconsistency at distance d:
+k_t·k_j (β inside the keys; strictly causal, j ≤ t − 1); GPT-2 q_t·k_j/√D (j ≤ t); {score_kind}. Inconsistency at distance d:
 std over query positions t (t ≥ 16) of the window-averaged score s̄(t, t − d), divided by the std of all of that
 head's scores; averaged over heads and layers. Lower = the score given to a token d back depends less on the
 query's absolute position. The window mean carries sampling noise (about 1/√{a.windows} of the content spread);

@@ -1,0 +1,184 @@
+"""The README's claim table, generated from the experiments' results.json files (issue 18 item 5).
+
+    python experiments/claims.py            # writes experiments/results/claims.md and the README/docs blocks
+
+Every number in the table is read from a results.json here; the verdict rules are written next to each claim.
+The README and docs/results.md hold the table between `<!-- claims:begin -->` and `<!-- claims:end -->`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import _util  # noqa: F401
+from _util import REPO, RESULTS
+
+BEGIN, END = "<!-- claims:begin -->", "<!-- claims:end -->"
+
+
+def load(name: str) -> dict | None:
+    f = RESULTS / name / "results.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def table(res: dict, first_header: str) -> dict:
+    return next(t for t in res["tables"] if t["header"][0] == first_header)
+
+
+def rows_by(t: dict, *keys: str) -> dict:
+    idx = [t["header"].index(k) for k in keys]
+    return {tuple(r[i] for i in idx): dict(zip(t["header"], r)) for r in t["rows"]}
+
+
+def three_moons_rows() -> list[list[str]]:
+    old = load("three_moons")
+    t = rows_by(table(old, "model"), "model", "seed")
+    one = [t[("1 head", s)] for s in (100.0, 101.0, 102.0)]
+    mid_key = next(k for k in old["tables"][0]["header"] if "single periods covered" in k)
+    late_key = next(k for k in old["tables"][0]["header"] if "combined covered" in k)
+    rows = []
+    m1, l1 = sorted(r[mid_key] for r in one)[1], sorted(r[late_key] for r in one)[1]
+    pre = load("three_moons_prereg")
+    pre_txt = ""
+    if pre:
+        a = pre["arms"]["reference/exact"]
+        pre_txt = (f"; pre-registered (window 400, batch 8): 1-head median {a['1head']['mid']['median']:.2f} → "
+                   f"{a['1head']['late']['median']:.2f} (reference AdamW), "
+                   f"{pre['arms']['optax/exact']['1head']['mid']['median']:.2f} → "
+                   f"{pre['arms']['optax/exact']['1head']['late']['median']:.2f} (optax)")
+    verdict = "reproduced"
+    rows.append(["Three moons: 1 head predicts well only once the context covers the combined period", "yes (Fig. 3)",
+                 f"error {m1:.2f} → {l1:.2f} at the combined period, 3 of 3 seeds (window 800, batch 8){pre_txt}",
+                 verdict, "every 1-head seed, both optimisers; guarded by tests/test_science_three_moons.py"])
+    hist = ("history: 1 of 6 earlier runs (optax AdamW): 1 of 3 at batch 8 after a third seed (102) was added to a "
+            "2-seed run that had failed its own check, 0 of 3 at batch 64 (prose only, no files)")
+    if pre:
+        arms = pre["arms"]
+        s = {k: f"{arms[k]['successes']}/{arms[k]['n_3head']}" for k in arms}
+        ok_ref = arms["reference/exact"]["successes"] / max(arms["reference/exact"]["n_3head"], 1)
+        ok_opt = arms["optax/exact"]["successes"] / max(arms["optax/exact"]["n_3head"], 1)
+        # verdict rule (fixed before the runs finished): reproduced if the reference-optimiser arm (the paper's
+        # recipe) succeeds in >= 70 % of seeds on the primary (exact) evaluation, partial if >= 30 %, else not
+        verdict = "reproduced" if ok_ref >= 0.7 else "partial" if ok_ref >= 0.3 else "not reproduced"
+        ours = (f"pre-registered, window 400 / batch 8 (paper 800 / 64): successes (exact / cached evaluation) "
+                f"reference AdamW {s['reference/exact']} / {s['reference/cached']}, optax AdamW "
+                f"{s['optax/exact']} / {s['optax/cached']}; {hist}")
+        why = ("without bias correction (the official MLX AdamW) 3 heads disentangle far more often than with "
+               "optax's bias-corrected AdamW" if ok_ref > ok_opt + 0.25 else
+               "the optimiser makes little difference at this scale" if abs(ok_ref - ok_opt) <= 0.25 else
+               "optax's AdamW does better here")
+        why += "; the paper's batch 64 and window 800 did not fit the CPU and remain untested"
+    else:
+        verdict, ours, why = "partial", hist, "pre-registered study not finished"
+    rows.append(["Three moons: 3 heads disentangle (one moon per head) and predict well once the single periods "
+                 "are covered", "yes, seed 100, batch 64", ours, verdict, why])
+    return rows
+
+
+def regbench_rows() -> list[list[str]]:
+    short, long_ = load("regbench"), load("regbench_long")
+    ts, tl = rows_by(table(short, "train automata"), "train automata", "model"), \
+        rows_by(table(long_, "train automata"), "train automata", "model")
+    mm = lambda t, n: t[(float(n), "memory mosaic")]["accuracy"]   # noqa: E731
+    tr = lambda t, n: t[(float(n), "transformer (GPT-2)")]["accuracy"]   # noqa: E731
+    return [
+        ["RegBench: the memory mosaic learns in-context languages from few automata, the transformer does not",
+         "accuracy 0.925 vs 0.52 at 100 automata",
+         f"{mm(ts, 100):.3f} vs {tr(ts, 100):.3f} (120 steps), {mm(tl, 100):.3f} vs {tr(tl, 100):.3f} (1000 steps); "
+         f"one seed, sequences 128 tokens, no dropout",
+         "partial",
+         "the mosaic leads the transformer at every N, but never beats an untrained in-context 3-gram "
+         f"(accuracy {short['ngram3']['accuracy']:.3f}, TVD {short['ngram3']['tvd']:.3f}) on the same test set; "
+         "3 seeds, dropout 0.05 and a learning-rate grid not attempted this round (CPU); the 1-layer lead "
+         "is guarded by tests/test_science_regbench.py"],
+        ["RegBench: the transformer catches up at 2500 automata", "0.925",
+         f"{tr(ts, 2500):.3f} (0.8 epochs), {tr(tl, 2500):.3f} (12.8 epochs)", "not reproduced",
+         "undertrained (the paper: 200 epochs); an undertrained model compared with a fully trained one says nothing"],
+    ]
+
+
+def lm_rows() -> list[list[str]]:
+    lm = load("lm_by_depth")
+    val = rows_by(table(lm, "model"), "model", "depth")
+    pos = rows_by(table(lm, "corpus"), "corpus", "model", "depth")
+    gap = rows_by(next(t for t in lm["tables"] if "gap, positions ≥ 50" in t["header"]), "corpus", "depth")
+    w = lambda m, d: pos[("WikiText-2 valid", m, float(d))]["mean loss"]   # noqa: E731
+    g = lambda c, d: gap[(c, float(d))]   # noqa: E731
+    uniform = math.log(4096)
+    return [
+        ["LM: at depth 1 the memory mosaic beats GPT-2 in distribution", "yes (Fig. 7, BabiStories, 21B tokens)",
+         f"GPT-2 better: validation {val[('GPT-2', 1.0)]['validation loss']:.3f} vs "
+         f"{val[('memory mosaic', 1.0)]['validation loss']:.3f} (depth 1), "
+         f"{val[('GPT-2', 4.0)]['validation loss']:.3f} vs {val[('memory mosaic', 4.0)]['validation loss']:.3f} "
+         "(depth 4); 614k tokens, one seed", "not reproduced",
+         "5 orders of magnitude fewer tokens; 3 seeds at the largest local token budget not attempted this round"],
+        ["LM out of distribution: the mosaic uses context beyond ~50 tokens better (loss falls faster with position)",
+         "yes (Fig. 8, Simple English Wikipedia)",
+         f"gap GPT-2 − MM on WikiText-2, positions < 50 / ≥ 50: {g('WikiText-2 valid', 1)['gap, positions < 50']:+.2f} / "
+         f"{g('WikiText-2 valid', 1)['gap, positions ≥ 50']:+.2f} (depth 1), "
+         f"{g('WikiText-2 valid', 4)['gap, positions < 50']:+.2f} / {g('WikiText-2 valid', 4)['gap, positions ≥ 50']:+.2f} "
+         "(depth 4)", "not reproduced",
+         f"the gap is there from position 0 and does not grow; GPT-2's WikiText-2 loss ({w('GPT-2', 1):.2f} / "
+         f"{w('GPT-2', 4):.2f}) is worse than uniform (ln 4096 = {uniform:.2f}), so the gap is most likely "
+         "calibration (the mosaic's 1/√C logits stay soft), not context use; the temperature-calibrated "
+         "comparison was not attempted this round"],
+    ]
+
+
+def attention_rows() -> list[list[str]]:
+    att = rows_by(table(load("attention_consistency"), "model"), "model", "depth")
+    far = lambda m, d: att[(m, float(d))]["inconsistency, far (d ≥ 32)"]   # noqa: E731
+    return [["Attention: scores to far tokens are nearly invariant to the query's position in the mosaic, not in a "
+             "transformer", "yes (v2 Fig. 1)",
+             f"far-token inconsistency MM vs GPT-2: {far('memory mosaic', 1):.3f} vs {far('GPT-2', 1):.3f} (depth 1), "
+             f"{far('memory mosaic', 4):.3f} vs {far('GPT-2', 4):.3f} (depth 4)", "not attempted",
+             "the metric counts per-row offsets of the scores, which softmax ignores; the softmax-invariant "
+             "re-measurement needs the LM runs, which were not kept and did not fit the CPU this round"]]
+
+
+def v2_rows() -> list[list[str]]:
+    v2 = load("v2_extrapolation")["results"]
+    r = lambda k, L: v2[k]["retrieval"][L]   # noqa: E731
+    no = next(k for k in v2 if "without long-term" in k)
+    return [["v2: retrieval keeps working far beyond the training length; it needs the long-term memory",
+             "yes (RULER at 32k after 4k training)",
+             f"trained at 256: MM v2 {r('MM v2', '256'):.0%} / {r('MM v2', '2048'):.0%} at 256 / 2048 tokens, "
+             f"{r(no, '2048'):.1%} without long-term memory; v1 {r('MM v1', '2048'):.1%}, GPT-2 "
+             f"{r('GPT-2', '2048'):.1%} (chance 3.1 %); one seed, toy retrieval", "reproduced",
+             "synthetic key-value retrieval, not RULER; one seed; guarded by tests/test_science_v2.py"]]
+
+
+def build() -> str:
+    rows = three_moons_rows() + regbench_rows() + lm_rows() + attention_rows() + v2_rows()
+    rows.append(["Full-scale BabiStories runs (Fig. 7 at 21B tokens)", "yes", "budgets and launch commands only",
+                 "not attempted", "needs 8×H100-class hardware"])
+    head = "| claim | paper | ours (scale) | verdict | why |\n|---|---|---|---|---|\n"
+    return head + "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows) + "\n"
+
+
+def splice(path: pathlib.Path, block: str, begin: str = BEGIN, end: str = END) -> None:
+    text = path.read_text()
+    if begin not in text or end not in text:
+        raise SystemExit(f"{path}: no {begin} ... {end} block to replace")
+    pre, rest = text.split(begin, 1)
+    post = rest.split(end, 1)[1]
+    path.write_text(pre + begin + "\n" + block + end + post)
+
+
+def main() -> None:
+    block = build()
+    (RESULTS / "claims.md").write_text("# Claims, paper vs ours (generated by `python experiments/claims.py`)\n\n"
+                                       + block)
+    pre = load("three_moons_prereg")
+    for p in (REPO / "README.md", REPO / "docs" / "results.md"):
+        splice(p, block)
+        if pre:
+            import three_moons_report
+            splice(p, three_moons_report.arm_table(pre) + "\n", "<!-- three_moons_prereg:begin -->",
+                   "<!-- three_moons_prereg:end -->")
+    print(block)
+
+
+if __name__ == "__main__":
+    main()
