@@ -285,7 +285,7 @@ def prefill(cfg: ModelConfig, params: Params, tokens_BT: Array, lengths_B: Array
 
 def step(cfg: ModelConfig, params: Params, cache: Cache, tokens_B: Array, *, read_len: Optional[int] = None
          ) -> tuple[Array, Cache]:
-    """Feed one token per row at position cache['pos'][b]; returns the next-token logits (B,V) and the cache.
+    """Feed one token per row at position `cache['pos'][b]`; returns the next-token logits (B,V) and the cache.
 
     `read_len` (static) bounds the slots read: at least max(pos) for the mosaic, max(pos)+1 for GPT-2 (see
     `read_len_for`; the generation loop buckets it by powers of two so early steps are cheap). None: all.

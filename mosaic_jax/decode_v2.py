@@ -158,7 +158,7 @@ def _memory_step(cfg: ModelConfig, kind: str, p: Params, h_BC: Array, c: Cache, 
 
 
 def step(cfg: ModelConfig, params: Params, cache: Cache, tokens_B: Array) -> tuple[Array, Cache]:
-    """Feed one token per row at position cache['pos'][b]; returns the next-token logits (B,V) and the cache."""
+    """Feed one token per row at position `cache['pos'][b]`; returns the next-token logits (B,V) and the cache."""
     c = dict(cache)
     t = c["pos"]
     rows = jnp.arange(tokens_B.shape[0])

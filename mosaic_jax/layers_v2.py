@@ -111,7 +111,7 @@ class V2Block(nn.Module):
 
 def block_forward(cfg: ModelConfig, p: dict, x_BTC: Array, *, segment_ids_BT: Optional[Array] = None,
                   skip_B: Optional[Array] = None) -> tuple[Array, dict]:
-    """The eval-mode block on a parameter dict (one layer of params["blocks"]["mosaic_v2"]), with the memories'
+    """The eval-mode block on a parameter dict (one layer of `params["blocks"]["mosaic_v2"]`), with the memories'
     internals: the same pure functions as V2Block, used by the decoder's prefill."""
     from mosaic_jax.memory import layer_norm
     seg = segment_ids_BT if cfg.doc_masking else None

@@ -4,9 +4,10 @@ Layout: (batch B, time T, heads H, head dim D); slots P; conv taps K. Every func
 and differentiable; the Flax modules in `layers.py` only own parameters and call these.
 
 Reparameterised per-head scalars (shape (H,)) follow the reference exactly:
-  leak      λ = 10·|raw_leak|
-  key scale e^{min(10·raw_kb, 5)} (the C-mem kernel β is its square; the P-mem query scale is its square)
-  value/out scale e^{10·raw_vb}
+
+    leak      λ = 10·|raw_leak|
+    key scale e^{min(10·raw_kb, 5)} (the C-mem kernel β is its square; the P-mem query scale is its square)
+    value/out scale e^{10·raw_vb}
 """
 from __future__ import annotations
 
