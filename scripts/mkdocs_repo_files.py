@@ -38,6 +38,8 @@ def on_files(files: Files, config) -> Files:
     _abs_to_uri.clear()
     queue = []
     for f in files:
+        if f.abs_src_path is None:  # generated in memory by a plugin: nothing on disk links to it
+            continue
         _abs_to_uri[os.path.abspath(f.abs_src_path)] = f.src_uri
         if f.is_documentation_page():
             queue.append(os.path.abspath(f.abs_src_path))
@@ -59,6 +61,8 @@ def on_files(files: Files, config) -> Files:
 
 
 def on_page_markdown(markdown: str, page, config, files: Files) -> str:
+    if page.file.abs_src_path is None:
+        return markdown
     abs_src = os.path.abspath(page.file.abs_src_path)
 
     def rewrite(m: re.Match) -> str:

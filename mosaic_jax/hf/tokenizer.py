@@ -8,8 +8,8 @@
 * byte: a merge-free byte-level BPE whose byte b has id b + 4, as ByteTokenizer;
 * hf: the file itself.
 GPT-2 (tiktoken) runs are not converted: transformers users load the stock `gpt2` tokenizer (same ids).
-One difference remains, as for every Hugging Face tokenizer with special tokens: a literal "</s>" (or "<s>",
-"<pad>") in the text is read as the special token, where sentencepiece and the byte tokenizer spell it out.
+One difference remains, as for every Hugging Face tokenizer with special tokens: a literal `"</s>"` (or `"<s>"`,
+`"<pad>"`) in the text is read as the special token, where sentencepiece and the byte tokenizer spell it out.
 """
 from __future__ import annotations
 
