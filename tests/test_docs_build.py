@@ -35,3 +35,22 @@ def test_mkdocs_build_strict(tmp_path):
     assert (site / "repo" / "benchmarks" / "results" / "cpu_train.png").is_file()
     perf_html = (site / "performance" / "index.html").read_text()
     assert 'src="../repo/benchmarks/results/cpu_train.png"' in perf_html
+
+
+def test_strict_build_rejects_broken_links_and_anchors(tmp_path):
+    """The repo's settings (mkdocs.yml, inherited here) turn a missing page and a missing anchor into errors."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "index.md").write_text("# Home\n\n[gone](missing.md) and [no anchor](other.md#no-such-heading)\n")
+    (docs / "other.md").write_text("# Other\n\n## A heading\n")
+    config = tmp_path / "mkdocs.yml"
+    config.write_text(f"INHERIT: {REPO / 'mkdocs.yml'}\ndocs_dir: {docs}\n"
+                      f"hooks: [{REPO / 'scripts' / 'mkdocs_repo_files.py'}]\nnav: [index.md, other.md]\n")
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config),
+                           "--site-dir", str(tmp_path / "site")], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("WARNING")]
+    assert any("'missing.md'" in w for w in warnings), proc.stderr[-3000:]
+    assert any("'#no-such-heading'" in w for w in warnings), proc.stderr[-3000:]  # MkDocs' default: INFO only
