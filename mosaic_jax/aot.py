@@ -25,6 +25,7 @@ when the estimate exceeds `--device_memory_gb` (or the TPU's HBM), so scripts ca
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -33,6 +34,8 @@ import re
 import sys
 import time
 from typing import Any, Optional, Sequence
+
+from mosaic_jax import aot_scaling, platform
 
 MESH_AXES = ("data", "fsdp", "tensor")
 GIB = 1024 ** 3
@@ -320,8 +323,12 @@ def main(argv: Sequence[str]) -> None:
             devices = jax.devices()
             label = "simulated CPU device"
         vocab = _data_vocab(config) if not config.model.vocab_size else None
-        report = analyze(config, mesh, devices, vocab, memory, label)
-    except (AotError, ConfigError) as e:
+        target = platform.target("tpu") if FLAGS.topology else contextlib.nullcontext()
+        with target:   # trace what a TPU runs (its `auto` paths, the Pallas kernels compiled by Mosaic)
+            if FLAGS.seq_lens:
+                return _scaling(config, mesh, devices, vocab, memory, label)
+            report = analyze(config, mesh, devices, vocab, memory, label)
+    except (AotError, ConfigError, ValueError) as e:
         fail(str(e))
     print(format_report(report), flush=True)
     if FLAGS.json:
@@ -329,6 +336,22 @@ def main(argv: Sequence[str]) -> None:
             json.dump(report, fh, indent=1)
     if report["fits"] is False:
         sys.exit(3)
+
+
+def _scaling(config: Any, mesh: tuple[int, int, int], devices: Sequence[Any], vocab: Optional[int],
+             memory: Optional[float], label: str) -> None:
+    """--seq_lens: temporaries per device for each path and length, a markdown table (aot_scaling)."""
+    from absl import flags
+    FLAGS = flags.FLAGS
+    lens = aot_scaling.parse_list(FLAGS.seq_lens, int, "seq_lens")
+    impls = aot_scaling.parse_list(FLAGS.impls, str, "impls")
+    print(f"temporaries per device on {len(devices)} x {label}:", flush=True)
+    rows = aot_scaling.sweep(config, lens, impls, lambda c: analyze(c, mesh, devices, vocab, memory, label),
+                             lambda line: print(line, flush=True))
+    print(aot_scaling.format_table(rows), flush=True)
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
 
 
 def _cli() -> None:
@@ -342,6 +365,10 @@ def _cli() -> None:
     flags.DEFINE_float("device_memory_gb", None, "Memory per device in GiB for the fit verdict (H100 80, "
                        "H200 141; default with --topology: the chip's HBM). Exit status 3 when it does not fit.")
     flags.DEFINE_string("json", None, "Also write the report as JSON here.")
+    flags.DEFINE_string("seq_lens", None, "Compile at each of these sequence lengths (e.g. 2048,8192,32768) and "
+                        "print the per-device temporaries of every --impls path as a table.")
+    flags.DEFINE_string("impls", "dense,pallas", "Memory-read paths for --seq_lens: dense, xla_flash, blockwise, "
+                        "pallas, auto (mosaic_jax.aot_scaling.IMPLS).")
     app.run(main)
 
 
