@@ -7,6 +7,12 @@ cluster time is spent.
     # a Cloud TPU slice, compiled by the TPU compiler without the TPU (needs libtpu: pip install "jax[tpu]")
     python -m mosaic_jax.aot --config=experiments/configs/babistories_mm.py --topology=v4-32 \
         --mesh=data=1,fsdp=16,tensor=1 --config.model.vocab_size=50304
+    # per-device temporaries against the sequence length, dense vs Pallas memory reads (aot_scaling.py)
+    python -m mosaic_jax.aot --config=experiments/configs/babistories_mm.py --config.model.vocab_size=50304 \
+        --config.train.global_batch=1 --topology=v5e-1 --mesh=1,1,1 --seq_lens=2048,8192,32768 --impls=pallas,dense
+
+With --topology the model is traced for a TPU (`platform.target("tpu")`): its `auto` switches pick the TPU
+paths, the Pallas kernels included, which Mosaic compiles.
 
 What is compiled is `train_step.jit_train_step(make_train_step(...))`, the function `mosaic_jax.train` runs,
 lowered on abstract inputs (`jax.ShapeDtypeStruct`s carrying the mesh's shardings): nothing is allocated, so a
@@ -83,8 +89,8 @@ def parse_topology(name: str) -> TopologySpec:
             raise AotError(f"--topology={name!r}: unknown {gen} size (known: {sorted(_TPU_2D)}; or give {gen}:AxB)")
         dims = _TPU_2D[int(size)]
     chips = math.prod(dims)
-    if megacore:
-        per_host = (2, 2, 1)
+    if megacore:   # 2x2x1 chips per host, fewer on a smaller slice (v5p:1x1x1 is one chip)
+        per_host = tuple(min(d, h) for d, h in zip(dims + (1,) * (3 - len(dims)), (2, 2, 1)))
     else:
         per_host = (2, 4, 1) if chips == 8 else (min(dims[0], 2), min(dims[1], 2), 1)
     return TopologySpec(name=name, generation=gen, topology_name=f"{gen}:{'x'.join(map(str, dims))}",
@@ -102,6 +108,7 @@ def topology_devices(spec: TopologySpec) -> list[Any]:
                        "(pip install 'jax[tpu]'); use --num_devices=N to check on simulated CPU devices") from None
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")   # libtpu probes the (absent) TPU VM metadata
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")    # compile-only: no chip to guard with the lockfile
     try:
         topo = topologies.get_topology_desc(
             spec.topology_name, "tpu", chip_config_name=spec.chip_config_name,

@@ -237,3 +237,29 @@ def test_model_with_pallas_reads_equals_default() -> None:
     np.testing.assert_allclose(lf, lr, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(gf), jax.tree.leaves(gr)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()) + 1e-7)
+
+
+def test_reads_run_per_device_under_a_mesh() -> None:
+    """Under a traced 8-device mesh (fsdp 4 x tensor 2, as train_step.jit_train_step traces) the kernels run
+    per device in shard_map (Mosaic kernels cannot be SPMD-partitioned) and equal the one-device read, values
+    and gradients, the slot-table gradient summed over the batch shards."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from mosaic_jax import sharding, train_step
+    mesh = sharding.make_mesh(1, 4, 2, devices=jax.devices()[:8])
+    B, T, H, D, S = 4, 12, 2, 8, 12
+    k, v, mk = memory.l2_normalize(rand(40, B, T, H, D)) * 2.0, rand(41, B, T, H, D), rand(42, H, S, D)
+
+    def loss(k, v, mk):
+        return jnp.sum(pallas.contextual_read(k, v) * v) + jnp.sum(pallas.persistent_read(k, mk, mk) * v)
+
+    f = jax.value_and_grad(loss, (0, 1, 2))
+    one = quick_jit(f, k, v, mk)(k, v, mk)
+    bthd = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor", None))
+    args = (jax.device_put(k, bthd), jax.device_put(v, bthd), mk)
+    traced = train_step.traced_under(f, mesh)
+    assert str(jax.make_jaxpr(traced)(*args)).count("shard_map") >= 2        # both reads, per device
+    assert "shard_map" not in str(jax.make_jaxpr(f)(*args))                  # no mesh traced: no shard_map
+    per_device = quick_jit(traced, *args)(*args)
+    for a, b in zip(jax.tree.leaves(per_device), jax.tree.leaves(one)):
+        assert_close(a, b)

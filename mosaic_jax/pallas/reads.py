@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from mosaic_jax import platform
-from mosaic_jax.pallas import flash
+from mosaic_jax.pallas import flash, sharded
 
 Array = jax.Array
 BLOCK_Q = 128    # query rows per block: a multiple of 128 (the (8, bq) statistics tiles), MXU-sized
@@ -61,14 +61,25 @@ def sequence_read(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, dmin_B: Array | i
                   seed: Optional[Array] = None, rate: float = 0.0, *, block_q: int = BLOCK_Q,
                   block_k: int = BLOCK_K, interpret: Optional[bool] = None) -> Array:
     """y_t = Σ_{dmin_b ≤ t−j ≤ dmax} softmax_j(q_t·k_j) v_j per (batch, head); rows reading nothing are 0.
-    dmin ≥ 1 (per batch row or one for all), dmax None for no window."""
+    dmin ≥ 1 (per batch row or one for all), dmax None for no window. Per device under a traced mesh."""
+    B, T, H, D = q_BTHD.shape
+    dmin_B = jnp.broadcast_to(jnp.asarray(dmin_B, jnp.int32), (B,))
+    kw = dict(block_q=block_q, block_k=block_k, interpret=interpret, dmax=dmax, rate=rate)
+    bthd = ("batch", None, "heads", None)
+    return sharded.run(lambda q, k, v, d, s: _sequence_local(q, k, v, d, seed=s, **kw),
+                       (q_BTHD, k_BTHD, v_BTHD, dmin_B), (bthd, bthd, bthd, ("batch",)), seed, B, H)
+
+
+def _sequence_local(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, dmin_B: Array, *, dmax: Optional[int],
+                    seed: Optional[Array], rate: float, block_q: int, block_k: int,
+                    interpret: Optional[bool]) -> Array:
     B, T, H, D = q_BTHD.shape
     bq, bk, _, _ = _blocks(T, T, block_q, block_k)
     Tp = _round_up(T, math.lcm(bq, bk))
     rate_seed, rate = _seed(seed, rate)
     spec = flash.Spec(causal=True, dmax=dmax, kv_len=T, bq=bq, bk=bk, rate=rate, row_g=T, row_t=1,
                       interpret=interpret_default() if interpret is None else interpret)
-    dmin_N = jnp.repeat(jnp.broadcast_to(jnp.asarray(dmin_B, jnp.int32), (B,)), H)
+    dmin_N = jnp.repeat(dmin_B, H)
     q, k, v = (_pad(_groups(x), Tp) for x in (q_BTHD, k_BTHD, v_BTHD))
     return _ungroup(flash.attention(spec, q, k, v, dmin_N, rate_seed), q_BTHD.shape)
 
@@ -93,7 +104,16 @@ def long_term_read(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, skip_B: Array, s
 
 def persistent_read(q_BTHD: Array, mk_HPD: Array, mv_HPD: Array, seed: Optional[Array] = None, rate: float = 0.0,
                     *, block_q: int = BLOCK_Q, block_k: int = BLOCK_K, interpret: Optional[bool] = None) -> Array:
-    """softmax_p(q_t·M_k[p])·M_v per head over one slot table (unmasked flash; the B·T tokens are the rows)."""
+    """softmax_p(q_t·M_k[p])·M_v per head over one slot table (unmasked flash; the B·T tokens are the rows).
+    Per device under a traced mesh (the slot tables replicated over the batch axes)."""
+    B, T, H, D = q_BTHD.shape
+    kw = dict(block_q=block_q, block_k=block_k, interpret=interpret, rate=rate)
+    return sharded.run(lambda q, mk, mv, s: _persistent_local(q, mk, mv, seed=s, **kw), (q_BTHD, mk_HPD, mv_HPD),
+                       (("batch", None, "heads", None), ("heads", None, None), ("heads", None, None)), seed, B, H)
+
+
+def _persistent_local(q_BTHD: Array, mk_HPD: Array, mv_HPD: Array, *, seed: Optional[Array], rate: float,
+                      block_q: int, block_k: int, interpret: Optional[bool]) -> Array:
     B, T, H, D = q_BTHD.shape
     P = mk_HPD.shape[1]
     dt = q_BTHD.dtype
