@@ -7,6 +7,13 @@ cluster time is spent.
     # a Cloud TPU slice, compiled by the TPU compiler without the TPU (needs libtpu: pip install "jax[tpu]")
     python -m mosaic_jax.aot --config=babistories_mm --topology=v4-32 \
         --config.mesh.fsdp=16 --config.model.vocab_size=50304
+    # per-device temporaries against the sequence length, dense vs Pallas memory reads (aot_scaling.py)
+    python -m mosaic_jax.aot --config=babistories_mm --config.model.vocab_size=50304 \
+        --config.train.global_batch=1 --config.mesh.fsdp=1 --topology=v5e-1 --seq_lens=2048,8192,32768 \
+        --impls=pallas,dense
+
+With --topology the model is traced for a TPU (`platform.target("tpu")`): its `auto` switches pick the TPU
+paths, the Pallas kernels included, which Mosaic compiles.
 
 What is compiled is `train_step.jit_train_step(make_train_step(...))`, the function `mosaic_jax.train` runs,
 lowered on abstract inputs (`jax.ShapeDtypeStruct`s carrying the mesh's shardings): nothing is allocated, so a
@@ -25,6 +32,7 @@ when the estimate exceeds `--device_memory_gb` (or the TPU's HBM), so scripts ca
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -36,7 +44,7 @@ from typing import Any, Optional, Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from mosaic_jax import cli_util
+from mosaic_jax import aot_scaling, cli_util, platform
 
 MESH_AXES = ("data", "fsdp", "tensor")
 GIB = 1024 ** 3
@@ -84,8 +92,8 @@ def parse_topology(name: str) -> TopologySpec:
             raise AotError(f"--topology={name!r}: unknown {gen} size (known: {sorted(_TPU_2D)}; or give {gen}:AxB)")
         dims = _TPU_2D[int(size)]
     chips = math.prod(dims)
-    if megacore:
-        per_host = (2, 2, 1)
+    if megacore:   # 2x2x1 chips per host, fewer on a smaller slice (v5p:1x1x1 is one chip)
+        per_host = tuple(min(d, h) for d, h in zip(dims + (1,) * (3 - len(dims)), (2, 2, 1)))
     else:
         per_host = (2, 4, 1) if chips == 8 else (min(dims[0], 2), min(dims[1], 2), 1)
     return TopologySpec(name=name, generation=gen, topology_name=f"{gen}:{'x'.join(map(str, dims))}",
@@ -103,6 +111,7 @@ def topology_devices(spec: TopologySpec) -> list[Any]:
                        "(pip install 'jax[tpu]'); use --num_devices=N to check on simulated CPU devices") from None
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")   # libtpu probes the (absent) TPU VM metadata
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")    # compile-only: no chip to guard with the lockfile
     try:
         topo = topologies.get_topology_desc(
             spec.topology_name, "tpu", chip_config_name=spec.chip_config_name,
@@ -270,6 +279,10 @@ flags.DEFINE_float("device_memory_gb", None, "Memory per device in GiB for the f
                    "default with --topology: the chip's HBM). Exit status 3 when it does not fit.", lower_bound=0.0,
                    flag_values=FLAGS)
 flags.DEFINE_string("out", None, "Also write the report as JSON to this file.", flag_values=FLAGS)
+flags.DEFINE_string("seq_lens", None, "Compile at each of these sequence lengths (e.g. 2048,8192,32768) and print "
+                    "the per-device temporaries of every --impls path as a table.", flag_values=FLAGS)
+flags.DEFINE_string("impls", "dense,pallas", "Memory-read paths for --seq_lens: dense, xla_flash, blockwise, "
+                    "pallas, auto (mosaic_jax.aot_scaling.IMPLS).", flag_values=FLAGS)
 
 
 def _aot(rest: list[str]) -> int:
@@ -299,14 +312,33 @@ def _aot(rest: list[str]) -> int:
             devices = jax.devices()
             label = "simulated CPU device"
         vocab = _data_vocab(config) if not config.model.vocab_size else None
-        report = analyze(config, mesh, devices, vocab, memory, label)
-    except (AotError, ConfigError) as e:
+        target = platform.target("tpu") if FLAGS.topology else contextlib.nullcontext()
+        with target:   # trace what a TPU runs (its `auto` paths, the Pallas kernels compiled by Mosaic)
+            if FLAGS.seq_lens:
+                return _scaling(config, mesh, devices, vocab, memory, label)
+            report = analyze(config, mesh, devices, vocab, memory, label)
+    except (AotError, ConfigError, ValueError) as e:
         raise cli_util.CommandError(str(e)) from None
     print(format_report(report), flush=True)
     if FLAGS.out:
         with open(FLAGS.out, "w") as fh:
             json.dump(report, fh, indent=1)
     return 3 if report["fits"] is False else 0
+
+
+def _scaling(config: Any, mesh: tuple[int, int, int], devices: Sequence[Any], vocab: Optional[int],
+             memory: Optional[float], label: str) -> int:
+    """--seq_lens: temporaries per device for each path and length, a markdown table (aot_scaling)."""
+    lens = aot_scaling.parse_list(FLAGS.seq_lens, int, "seq_lens")
+    impls = aot_scaling.parse_list(FLAGS.impls, str, "impls")
+    print(f"temporaries per device on {len(devices)} x {label}:", flush=True)
+    rows = aot_scaling.sweep(config, lens, impls, lambda c: analyze(c, mesh, devices, vocab, memory, label),
+                             lambda line: print(line, flush=True))
+    print(aot_scaling.format_table(rows), flush=True)
+    if FLAGS.out:
+        with open(FLAGS.out, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -33,8 +33,8 @@ class ModelConfig:
     # --- implementation choices (do not change the function computed) ---
     dtype: str = "float32"         # compute dtype; params stay float32, softmax and logits float32
     leaky_impl: str = "auto"       # "matrix" | "scan" | "chunked" | "auto" (by sequence length)
-    cmem_impl: str = "auto"        # "dense" | "flash" | "fused" | "auto" (see memory.contextual_retrieval)
-    pmem_impl: str = "auto"        # "dense" | "flash" | "fused" | "auto" (see memory.persistent_retrieval)
+    cmem_impl: str = "auto"        # "dense" | "flash" | "fused" | "pallas" | "auto" (see memory.contextual_retrieval)
+    pmem_impl: str = "auto"        # "dense" | "flash" | "fused" | "pallas" | "auto" (see memory.persistent_retrieval)
     loss_impl: str = "auto"        # tied head + cross-entropy: "dense" | "fused" | "auto" (see model.loss_sum)
     proj_impl: str = "auto"        # projections: "dense" (einsum) | "fused" (fused.matmul) | "auto" (CPU: fused)
     scan_layers: bool = True       # lax.scan over stacked layers (fast compile) or an unrolled loop
@@ -49,7 +49,7 @@ class ModelConfig:
     long_skip_eval: int = 64       # m in eval mode (no rng) and at inference
     ffn_hidden: int = 0            # SwiGLU (persistent memory) hidden size d' (0: 3 * n_embd)
     doc_masking: bool = True       # honour segment ids: document-wise masks and key-state reset at doc starts
-    v2_impl: str = "auto"          # retrieval: "dense" | "flash" | "blockwise" | "auto" (memory_v2.retrieve)
+    v2_impl: str = "auto"          # retrieval: "dense" | "flash" | "blockwise" | "pallas" | "auto" (memory_v2.retrieve)
     v2_key_impl: str = "auto"      # gated key recurrence: "scan" | "matrix" | "auto"
 
     def __post_init__(self) -> None:
@@ -67,8 +67,8 @@ class ModelConfig:
             if self.k_kernel_size < 1:
                 raise ValueError(f"ModelConfig.k_kernel_size={self.k_kernel_size} must be >= 1")
         for name, allowed in (("leaky_impl", ("auto", "matrix", "scan", "chunked")),
-                              ("cmem_impl", ("auto", "dense", "flash", "fused")),
-                              ("pmem_impl", ("auto", "dense", "flash", "fused")),
+                              ("cmem_impl", ("auto", "dense", "flash", "fused", "pallas")),
+                              ("pmem_impl", ("auto", "dense", "flash", "fused", "pallas")),
                               ("loss_impl", ("auto", "dense", "fused")),
                               ("proj_impl", ("auto", "dense", "fused")),
                               ("remat", ("none", "full", "dots")),
@@ -102,7 +102,7 @@ class ModelConfig:
             raise ValueError("ModelConfig.bias=True is not supported by arch='mosaic_v2' (v2 has no biases)")
         if not self.pre_ln:
             raise ValueError("ModelConfig.pre_ln=False is not supported by arch='mosaic_v2'")
-        for name, allowed in (("v2_impl", ("auto", "dense", "flash", "blockwise")),
+        for name, allowed in (("v2_impl", ("auto", "dense", "flash", "blockwise", "pallas")),
                               ("v2_key_impl", ("auto", "scan", "matrix"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r} not in {allowed}")

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mosaic_jax import fused, memory
+from mosaic_jax import fused, memory, platform
 from mosaic_jax.config import ModelConfig
 
 Array = jax.Array
@@ -66,7 +66,7 @@ class LayerNorm(nn.Module):
 
 def fused_projections(cfg: ModelConfig) -> bool:
     """cfg.proj_impl: project with fused.matmul (float32 accumulation, hand-written VJP); auto: on CPU."""
-    return cfg.proj_impl == "fused" or (cfg.proj_impl == "auto" and jax.default_backend() == "cpu")
+    return cfg.proj_impl == "fused" or (cfg.proj_impl == "auto" and platform.backend() == "cpu")
 
 
 def dropout(module: nn.Module, x: Array, rate: float, deterministic: bool) -> Array:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mosaic_jax import fused, kernels
+from mosaic_jax import fused, kernels, pallas, platform
 
 Array = jax.Array
 EXP_PARAM_SCALE = 10.0   # the reference's `exp_param_scale`: a learning-rate multiplier in disguise
@@ -116,7 +116,7 @@ def leaky_average(x_BTHD: Array, lam_H: Array, impl: str = "auto") -> Array:
     """Leaky average with decay e^{−λ_h} per head; `auto`: the scan on CPU (measured fastest there, see
     docs/performance.md), elsewhere the T×T form for short sequences and the chunked form for long ones."""
     if impl == "auto":
-        if jax.default_backend() == "cpu":
+        if platform.backend() == "cpu":
             impl = "scan"
         else:
             impl = "matrix" if x_BTHD.shape[1] <= MATRIX_MAX_T else "chunked"
@@ -192,25 +192,30 @@ def contextual_retrieval_flash(k_BTHD: Array, v_BTHD: Array) -> Array:
 def attention_backend(dtype: jnp.dtype, head_dim: int) -> Optional[str]:
     """"cudnn" (flash attention) on an NVIDIA GPU for the dtypes and head sizes it takes, else None (XLA)."""
     ok = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
-    return "cudnn" if ok and jax.default_backend() == "gpu" else None
+    return "cudnn" if ok and platform.backend() == "gpu" else None
 
 
 def resolve_impl(impl: str, fusable: bool, dropout: bool = False) -> str:
-    """The read to run. "auto": "flash" on GPU/TPU (without dropout), "fused" (kernels.py: chunked,
-    hand-written VJP, dropout supported) on CPU, "dense" where neither applies. `fusable`: the default kernel
-    and mask. Explicit choices that cannot compute the asked function raise."""
-    accelerator = jax.default_backend() in ("gpu", "tpu")
+    """The read to run. "auto": "pallas" (mosaic_jax.pallas: flash kernels, dropout supported) on TPU, "flash"
+    on GPU (without dropout), "fused" (kernels.py: chunked, hand-written VJP, dropout supported) on CPU, "dense"
+    where none applies. `fusable`: the default kernel and mask. "pallas" elsewhere than on a TPU runs in Pallas
+    interpret mode (for tests). Explicit choices that cannot compute the asked function raise."""
+    backend = platform.backend()
     if impl == "auto":
-        if not fusable or (accelerator and dropout):
+        if not fusable:
             return "dense"
-        return "flash" if accelerator else "fused"
+        if backend == "tpu":
+            return "pallas"
+        if backend == "gpu":
+            return "dense" if dropout else "flash"
+        return "fused"
     if impl != "dense" and (not fusable or (impl == "flash" and dropout)):
         raise ValueError(f"impl={impl!r} needs the default kernel and mask" + (" and no dropout" if impl == "flash"
                          else "") + "; use 'dense' or 'auto'")
     return impl
 
 
-def _dropout_seed(rng: Optional[Array], rate: float) -> tuple[Optional[Array], float]:
+def dropout_seed(rng: Optional[Array], rate: float) -> tuple[Optional[Array], float]:
     """(uint32 seed, rate) for the fused reads' hash masks; (None, 0) when dropout is off."""
     if rng is None or rate == 0.0:
         return None, 0.0
@@ -225,16 +230,20 @@ def contextual_retrieval(k_BTHD: Array, v_BTHD: Array, *, kernel: KernelFn = dot
     Row 0 has no stored pair and returns exactly 0. Dropout (p = dropout_rate) applies to the read weights
     when a dropout_rng is given. `allowed_TT` overrides the strict causal mask (e.g. windows, documents).
     impl: "dense" (materialises the scores), "flash" (`jax.nn.dot_product_attention`: cuDNN on GPU),
-    "fused" (kernels.contextual_read: chunked, hand-written VJP, nothing T×T stored) or "auto" (flash on
-    GPU/TPU, fused on CPU, dense when neither applies). The fast forms need the dot kernel and the default mask;
-    flash also needs no dropout. Fused dropout draws its masks from a counter hash (kernels.dropout_keep), not
-    from `jax.random.bernoulli`: the same distribution, another random stream than dense.
+    "fused" (kernels.contextual_read: chunked, hand-written VJP, nothing T×T stored), "pallas"
+    (pallas.contextual_read: the TPU flash kernel; interpret mode elsewhere) or "auto" (pallas on TPU, flash on
+    GPU, fused on CPU, dense when none applies). The fast forms need the dot kernel and the default mask;
+    flash also needs no dropout. Fused and pallas dropout draw their masks from one counter hash
+    (kernels.dropout_keep), not from `jax.random.bernoulli`: the same distribution, another random stream than
+    dense.
     """
     impl = resolve_impl(impl, kernel is dot_kernel and allowed_TT is None, dropout_rng is not None and dropout_rate > 0)
     if impl == "flash":
         return contextual_retrieval_flash(k_BTHD, v_BTHD)
     if impl == "fused":
-        return kernels.contextual_read(k_BTHD, v_BTHD, 0, *_dropout_seed(dropout_rng, dropout_rate))
+        return kernels.contextual_read(k_BTHD, v_BTHD, 0, *dropout_seed(dropout_rng, dropout_rate))
+    if impl == "pallas":
+        return pallas.contextual_read(k_BTHD, v_BTHD, *dropout_seed(dropout_rng, dropout_rate))
     T = k_BTHD.shape[1]
     scores_BHTS = kernel(k_BTHD, k_BTHD)
     allowed = strict_causal_mask(T) if allowed_TT is None else allowed_TT
@@ -251,13 +260,15 @@ def persistent_retrieval(q_BTHD: Array, mk_NHPD: Array, mv_NHPD: Array, *, dropo
 
     impl: "dense" (materialises the B·H·T·P weights), "fused" (kernels.persistent_read: chunked over tokens,
     hand-written VJP), "flash" (`jax.nn.dot_product_attention` with the B·T queries in one row against the
-    slot table: cuDNN on GPU; no dropout) or "auto" (flash on GPU/TPU, fused on CPU, dense for dropout on GPU).
+    slot table: cuDNN on GPU; no dropout), "pallas" (pallas.persistent_read: unmasked flash over the slot table,
+    the fused read's dropout masks) or "auto" (pallas on TPU, flash on GPU, fused on CPU, dense for dropout on
+    GPU).
     """
     impl = resolve_impl(impl, True, dropout_rng is not None and dropout_rate > 0)
-    if impl in ("fused", "flash"):
+    if impl in ("fused", "flash", "pallas"):
         N = mk_NHPD.shape[0]
         rngs = [None if dropout_rng is None else jax.random.fold_in(dropout_rng, n) for n in range(N)]
-        return sum(_persistent_fast(q_BTHD, mk_NHPD[n], mv_NHPD[n], impl, *_dropout_seed(rngs[n], dropout_rate))
+        return sum(_persistent_fast(q_BTHD, mk_NHPD[n], mv_NHPD[n], impl, *dropout_seed(rngs[n], dropout_rate))
                    for n in range(N)) / N
     scores_BNHTP = jnp.einsum("bthd,nhpd->bnhtp", q_BTHD, mk_NHPD.astype(q_BTHD.dtype),
                               preferred_element_type=jnp.float32)
@@ -273,6 +284,8 @@ def _persistent_fast(q_BTHD: Array, mk_HPD: Array, mv_HPD: Array, impl: str, see
                      rate: float) -> Array:
     if impl == "fused":
         return kernels.persistent_read(q_BTHD, mk_HPD, mv_HPD, 0, seed, rate)
+    if impl == "pallas":
+        return pallas.persistent_read(q_BTHD, mk_HPD, mv_HPD, seed, rate)
     B, T, H, D = q_BTHD.shape
     dt = q_BTHD.dtype
     y = jax.nn.dot_product_attention(q_BTHD.reshape(1, B * T, H, D), mk_HPD.astype(dt).transpose(1, 0, 2)[None],

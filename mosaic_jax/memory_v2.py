@@ -16,13 +16,16 @@ Pieces:
                          (m drawn per training sequence, fixed at inference); persistent memory = SwiGLU (in
                          layers_v2). Both contextual memories stay inside the query's document.
 
-Masks are functions of positions and segment ids. Three retrieval implementations agree (tests/test_v2*.py):
+Masks are functions of positions and segment ids. Four retrieval implementations agree (tests/test_v2*.py,
+tests/test_pallas.py):
   dense      materialises the (B,H,T,T) scores (CPU default for short sequences);
   flash      `jax.nn.dot_product_attention`: the short window is its `local_window_size`, the long skip a
              per-row query offset (queries rolled by m, causal mask); no T×T when it lowers to cuDNN;
              no document masks (that API has no segment ids);
   blockwise  query blocks of Q rows under `jax.checkpoint`, each reading only the keys it can see (a band of
-             Q + lookback keys for the short memory): any mask, O(Q·T) memory, forward and backward.
+             Q + lookback keys for the short memory): any mask, O(Q·T) memory, forward and backward;
+  pallas     the TPU flash kernels (mosaic_jax.pallas): the short window and the long skip as block-sparse
+             band masks, dropout, O(T) memory; no document masks (interpret mode off-TPU).
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mosaic_jax import memory
+from mosaic_jax import memory, pallas, platform
 
 Array = jax.Array
 
@@ -319,18 +322,21 @@ def retrieve_blockwise(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, kind: str, *
 
 def flash_implementation(dtype: jnp.dtype) -> Optional[str]:
     """cuDNN flash attention on GPUs for 16-bit inputs (its supported case); the XLA lowering otherwise."""
-    if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    if platform.backend() == "gpu" and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
         return "cudnn"
     return None
 
 
 def choose_impl(impl: str, T: int, segment_ids_BT: Optional[Array], dropout: bool) -> str:
-    """`auto`: dense on CPU up to T = 512, blockwise beyond; on accelerators flash, or blockwise where flash
-    cannot express the mask (documents) or the dropout."""
+    """`auto`: dense on CPU up to T = 512, blockwise beyond; on TPU the Pallas kernels (blockwise with
+    documents); on GPU flash, or blockwise where flash cannot express the mask (documents) or the dropout."""
     if impl != "auto":
         return impl
-    if jax.default_backend() == "cpu":
+    backend = platform.backend()
+    if backend == "cpu":
         return "dense" if T <= 512 else "blockwise"
+    if backend == "tpu":
+        return "blockwise" if segment_ids_BT is not None else "pallas"
     return "blockwise" if (segment_ids_BT is not None or dropout) else "flash"
 
 
@@ -356,7 +362,16 @@ def retrieve(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, kind: str, *, look: in
         if kind == "short":
             return retrieve_flash_short(q_BTHD, k_BTHD, v_BTHD, look, implementation)
         return retrieve_flash_long(q_BTHD, k_BTHD, v_BTHD, skip_B, implementation)
-    raise ValueError(f"v2 retrieval impl={impl!r} not in ('auto', 'dense', 'flash', 'blockwise')")
+    if impl == "pallas":
+        if segment_ids_BT is not None:
+            raise ValueError("v2 retrieval impl='pallas' has no document masks; use 'blockwise' (or 'auto')")
+        seed, rate = memory.dropout_seed(dropout_rng, dropout_rate)
+        if kind == "short":
+            return pallas.short_term_read(q_BTHD, k_BTHD, v_BTHD, look, seed, rate)
+        if kind == "long":
+            return pallas.long_term_read(q_BTHD, k_BTHD, v_BTHD, skip_B, seed, rate)
+        raise ValueError(f"memory kind {kind!r} not in ('short', 'long')")
+    raise ValueError(f"v2 retrieval impl={impl!r} not in ('auto', 'dense', 'flash', 'blockwise', 'pallas')")
 
 
 # ---------------------------------------------------------------------------------------------------------------

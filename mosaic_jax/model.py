@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mosaic_jax import fused
+from mosaic_jax import fused, platform
 from mosaic_jax.config import ModelConfig
 from mosaic_jax.gpt2 import GPT2_STD, GPT2Block
 from mosaic_jax.layers import DEFAULT_FNS, LayerNorm, MemoryFns, MosaicBlock, normal, param
@@ -152,7 +152,7 @@ def loss_sum(cfg: ModelConfig, params: Params, tokens_BT: Array, targets_BT: Arr
     """
     impl = cfg.loss_impl
     if impl == "auto":
-        impl = "fused" if jax.default_backend() == "cpu" else "dense"
+        impl = "fused" if platform.backend() == "cpu" else "dense"
     if impl == "dense":
         return cross_entropy(apply(cfg, params, tokens_BT, rng=rng, fns=fns, segment_ids_BT=segment_ids_BT),
                              targets_BT)

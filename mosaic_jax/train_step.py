@@ -9,6 +9,7 @@ total token count once, so k microbatches of b rows give the gradient of one bat
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping, Optional
 
 import jax
@@ -88,10 +89,20 @@ def make_train_step(cfg: ModelConfig, tx: optax.GradientTransformation, lr_fn: o
     return step
 
 
+def traced_under(fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
+    """fn traced with `mesh` as the abstract mesh: kernels that run per device (the Pallas memory reads,
+    pallas/sharded.py) wrap themselves in shard_map over it."""
+    @functools.wraps(fn)
+    def traced(*args: Any) -> Any:
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args)
+    return traced
+
+
 def jit_train_step(step: StepFn, state_shardings: TrainState, mesh: Mesh) -> StepFn:
     """Compiled step: state in/out with its shardings (donated: updated in place), batch rows over (data, fsdp),
     metrics replicated (scalars)."""
-    return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+    return jax.jit(traced_under(step, mesh), in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                    out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
@@ -104,7 +115,7 @@ def make_eval_step(cfg: ModelConfig, fns: MemoryFns = DEFAULT_FNS) -> Callable[[
 
 def jit_eval_step(eval_step: Callable[[Any, Batch], tuple[Array, Array]], param_shardings: Any,
                   mesh: Mesh) -> Callable[[Any, Batch], tuple[Array, Array]]:
-    return jax.jit(eval_step, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
+    return jax.jit(traced_under(eval_step, mesh), in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
                    out_shardings=sharding.replicated(mesh))
 
 

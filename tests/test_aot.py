@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mosaic_jax import aot
+from mosaic_jax import aot, aot_scaling
 from tests.conftest import REPO
 
 TINY = ["--config=experiments/configs/tiny_cpu.py", "--config.model.vocab_size=512", "--config.model.n_layer=2",
@@ -32,6 +32,7 @@ def test_parse_topology():
     assert aot.parse_topology("v5litepod-16").topology_name == "v5e:4x4"
     assert aot.parse_topology("v6e-8").chips_per_host_bounds == (2, 4, 1)
     assert aot.parse_topology("v5p-128").topology_name == "v5p:4x4x4"
+    assert aot.parse_topology("v5p:1x1x1").chips_per_host_bounds == (1, 1, 1)     # one chip: one host of one
     with pytest.raises(aot.AotError, match="v4-32"):
         aot.parse_topology("h100-8")
 
@@ -75,3 +76,24 @@ def test_tpu_topology_compile_only(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["platform"] == "tpu" and r["num_devices"] == 4 and r["fits"] is True and r["device_memory_gib"] == 32
+
+
+def test_scaling_table_and_growth_exponents():
+    import ml_collections
+    rows = [{"arch": "mosaic", "impl": i, "seq_len": t, "temporaries": c * t ** e, "refused": False}
+            for i, c, e in (("dense", 3.0, 2), ("pallas", 5.0, 1)) for t in (1024, 4096, 8192)]
+    assert aot_scaling.growth(rows, "dense") == pytest.approx([2.0, 2.0])
+    assert aot_scaling.growth(rows, "pallas") == pytest.approx([1.0, 1.0])
+    table = aot_scaling.format_table(rows)
+    assert table.splitlines()[0] == "| model | path | T=1,024 | T=4,096 | T=8,192 | growth exponent |"
+    assert "| mosaic | pallas |" in table and "1.00, 1.00" in table
+    cfg = ml_collections.ConfigDict({"model": {"arch": "mosaic", "block_size": 512, "cmem_impl": "auto",
+                                               "pmem_impl": "auto"}, "data": {"seq_len": 0, "packing": False}})
+    c = aot_scaling.with_path(cfg, 8192, "pallas")
+    assert (c.data.seq_len, c.model.block_size, c.model.cmem_impl, c.model.pmem_impl) == (8192, 8192, "pallas",
+                                                                                           "pallas")
+    assert "v2_impl" not in c.model and cfg.model.cmem_impl == "auto"     # the caller's config is untouched
+    with pytest.raises(ValueError, match="unknown path"):
+        aot_scaling.with_path(cfg, 64, "cudnn")
+    with pytest.raises(ValueError, match="seq_lens"):
+        aot_scaling.parse_list("2k", int, "seq_lens")
