@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 import orbax.checkpoint as ocp
 
-from mosaic_jax import integrity
+from mosaic_jax import distributed, integrity
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,6 @@ class Checkpointer:
             src = self.directory / str(step)
             if src.exists():
                 src.rename(dest)
-        from mosaic_jax import distributed
         distributed.barrier(f"set aside {step}")   # nobody lists (or re-saves) the step before it has moved
         self.mngr.reload()
         return dest
@@ -235,7 +234,6 @@ def _agreed(problem: Optional[str]) -> Optional[str]:
     import numpy as np
     from jax.experimental import multihost_utils
 
-    from mosaic_jax import distributed
     distributed.barrier("file record checked")   # process 0 may hash for long: no device collective waits on it
     failed = multihost_utils.broadcast_one_to_all(np.int32(problem is not None))
     return (problem or "file record check failed on process 0") if int(failed) else None
@@ -247,7 +245,13 @@ def check_resume(directory: str | pathlib.Path, requested: Mapping[str, Any], da
     run, before anything is written. Reads only the newest checkpoint whose JSON items and array metadata are
     readable; an unreadable one is left to `restore`, which sets it aside."""
     directory = pathlib.Path(directory).absolute()
-    if not directory.is_dir():
+    # Every process must take the same branch: the probe's CheckpointManager meets the others at a collective.
+    # Without the barriers a slow process could see the folder that a faster one's Checkpointer just created,
+    # open one more manager than the others and wait forever (seen with 2 processes on a loaded CPU).
+    distributed.barrier("resume check: look")
+    present = directory.is_dir()
+    distributed.barrier("resume check: decided")   # nobody creates the folder before every process has looked
+    if not present:
         return
     probe = Checkpointer(directory, every=1, keep=2**30, async_save=False)
     try:
