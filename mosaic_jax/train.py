@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 import time
 from typing import Any, Optional, Sequence
 
@@ -243,7 +244,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return cli_util.run("train", flags.FLAGS, _body, argv, doc=__doc__)
 
 
-cli = cli_util.exit_with(main)
+def cli() -> None:
+    """The console-script entry point (`mosaic-train`), also run by `python -m mosaic_jax.train`."""
+    code = main()
+    if code:
+        # After a failed save, Orbax's background threads may still print "Event loop is closed" tracebacks while
+        # the interpreter tears down. The one-line error is out and the lock released: skip the teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
