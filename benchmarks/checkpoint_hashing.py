@@ -1,4 +1,4 @@
-r"""Cost of the checkpoint integrity records (mosaic_jax/integrity.py), in seconds per GB of state.
+r"""Cost of the checkpoint integrity records (mosaic_jax/training/integrity.py), in seconds per GB of state.
 
     python benchmarks/checkpoint_hashing.py [--gb=0.5] [--repeats=3]
 
@@ -24,8 +24,8 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from mosaic_jax import checkpoint, integrity  # noqa: E402
-from mosaic_jax.bench import device_name  # noqa: E402
+from mosaic_jax.training import checkpoint, integrity
+from mosaic_jax.tools.bench import device_name  # noqa: E402
 
 
 def _best(fn, repeats: int) -> float:

@@ -25,11 +25,11 @@ echo "== correctness: tests/test_gpu.py tests/test_fast_paths.py"
 status=${PIPESTATUS[0]}
 
 echo "== T 512, 12 layers, 768 (the issue's 45 % MFU and 1.1x GPT-2 targets)"
-"$PY" -m mosaic_jax.bench --size=gpt2-small --seq=512 --batch=8 --arch=mosaic,gpt2 --dtype=bfloat16 \
+"$PY" -m mosaic_jax.tools.bench --size=gpt2-small --seq=512 --batch=8 --arch=mosaic,gpt2 --dtype=bfloat16 \
   --impl=fast,plain --rounds=20 --markdown --out="$OUT_DIR/bench_t512.jsonl" --plot="$OUT_DIR/bench_t512.png" \
   | tee "$OUT_DIR/bench_t512.md" || status=1
 
 echo "== T 2048, batch 2 (memory against the reference's 9.0 GB on a GV100)"
-"$PY" -m mosaic_jax.bench --size=gpt2-small --seq=2048 --batch=2 --arch=mosaic --dtype=bfloat16 \
+"$PY" -m mosaic_jax.tools.bench --size=gpt2-small --seq=2048 --batch=2 --arch=mosaic --dtype=bfloat16 \
   --impl=fast,plain --rounds=10 --markdown --out="$OUT_DIR/bench_t2048.jsonl" | tee "$OUT_DIR/bench_t2048.md" || status=1
 exit "$status"

@@ -19,7 +19,7 @@ import time
 
 import jax
 
-from mosaic_jax import bench
+from mosaic_jax.tools import bench
 
 # (group, regex on the op_name metadata, i.e. the Flax module path / JAX function); first match wins.
 GROUPS = (

@@ -6,7 +6,7 @@ official code); its state_dict uses the reference names (§3.1), so the golden v
     python benchmarks/torch_reference.py --modes eager,compile        # train-step tokens/s, JSON lines
     python benchmarks/torch_reference.py --modes compile-bf16         # the reference's mixed precision
     python benchmarks/torch_reference.py --serve --modes eager        # one step per "step" line on stdin
-                                                                      # (used by `python -m mosaic_jax.bench --torch`)
+                                                                      # (used by `python -m mosaic_jax.tools.bench --torch`)
 
 The step is the one the JAX harness times: no dropout, loss → backward → clip_grad_norm(1.0) → AdamW(1e-3,
 betas (0.9, 0.95), weight decay 0.1). A mode ending in "-bf16" runs forward and loss under

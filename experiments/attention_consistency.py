@@ -6,10 +6,10 @@
 Input: the trained memory-mosaic and GPT-2 runs of `experiments/lm_by_depth.py` (runs/lm_by_depth/<arch>_L<depth>).
 For each run, on `--windows` TinyStories-validation windows of the training context length:
 
-* the read weights A[t, j] of every layer and head (`mosaic_jax.analysis.attention_maps`): the C-mem kernel
+* the read weights A[t, j] of every layer and head (`mosaic_jax.tasks.analysis.attention_maps`): the C-mem kernel
   regression weights softmax_{j ≤ t−1}(k_t·k_j) for the mosaic, the causal softmax(q·k/√D) for GPT-2;
 * the pre-softmax scores S[t, j] (k_t·k_j for the mosaic, q_t·k_j/√D for GPT-2; keys from
-  `mosaic_jax.decode.forward_with_internals`).
+  `mosaic_jax.inference.decode.forward_with_internals`).
 
 Consistency (v2 Fig. 1: "how much the attention score to a token at distance d varies with the query's
 position"): with s̄(t, d) = the mean over windows of S[t, t − d], the inconsistency at distance d is
@@ -72,8 +72,9 @@ def score_statistics(cfg, params, tokens_BT: np.ndarray, centre: bool = True) ->
     """Window-averaged pre-softmax scores and read weights (L, H, T, T), the per-head std of all readable scores
     (L, H), the read weights of the first window (L, H, T, T) and the readable mask (T, T). With `centre` the
     scores are centred per query row first (softmax-invariant); the committed table predates this switch."""
-    from mosaic_jax import decode, memory
-    from mosaic_jax.analysis import attention_maps
+    from mosaic_jax.inference import decode
+    from mosaic_jax.ops import memory
+    from mosaic_jax.tasks.analysis import attention_maps
 
     @jax.jit
     def scores(params, tokens):

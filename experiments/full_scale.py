@@ -6,7 +6,7 @@ a TPU v4-32 and an 8×H100 node, and a time/cost estimate from model FLOPs and M
 
 Nothing is trained: the configs are the presets `babistories_mm` and
 `babistories_gpt2` (read, not changed). Parameter counts come from `jax.eval_shape` of the real model,
-FLOPs per token from `mosaic_jax.flops` (3 × forward matmul FLOPs, no causal halving, remat not counted),
+FLOPs per token from `mosaic_jax.models.flops` (3 × forward matmul FLOPs, no causal halving, remat not counted),
 and the MFU "measured so far" from the CPU runs of experiments/lm_by_depth.py (runs/*/metrics.jsonl), when
 present. No accelerator MFU has been measured in this project yet, so the accelerator estimate is a range over
 assumed MFU values; the prices are assumptions too (flags).
@@ -54,14 +54,14 @@ def load_config(path: pathlib.Path):
 
 
 def model_config(c):
-    from mosaic_jax.config import ModelConfig
+    from mosaic_jax.models.config import ModelConfig
     d = dict(c.model)
     d["vocab_size"] = VOCAB
     return ModelConfig.from_dict(d)
 
 
 def n_params(mc) -> int:
-    from mosaic_jax import model as M
+    from mosaic_jax.models import lm as M
     shapes = jax.eval_shape(lambda: M.init_params(mc, jax.random.key(0)))
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
 
@@ -88,7 +88,7 @@ def main(argv=None) -> dict:
     a = parse(argv)
     out = out_dir(a.out)
     t0 = time.time()
-    from mosaic_jax import flops
+    from mosaic_jax.models import flops
 
     mfus = [float(x) for x in a.mfu.split(",")]
     rows, est_rows, info = [], [], {}
@@ -140,7 +140,7 @@ python -m mosaic_jax.prepare_data --input=BabiStories/ --out=data/babistories_gp
 ## Launch commands
 
 8×H100, one SLURM node (one task per GPU; pure FSDP over NVLink; 64 rows per GPU per step, so split into
-microbatches and rematerialise; check the fit first with `python -m mosaic_jax.aot ... --device_memory_gb=60`):
+microbatches and rematerialise; check the fit first with `python -m mosaic_jax.tools.aot ... --device_memory_gb=60`):
 
 ```bash
 sbatch launch/slurm_gpu.sbatch -- --config=babistories_mm --workdir=/shared/runs/bs_mm \\
@@ -165,7 +165,7 @@ launch/tpu_pod.sh --name=mm-v4 --zone=us-central2-b --skip-setup -- \\
 ```
 
 Depth sweep for Fig. 7 (depths 1, 8, 12, 18; one run folder each): add `--config.model.n_layer=N` and a workdir
-per depth, or `python -m mosaic_jax.sweep run --name=depth --mode=slurm --grid=model.n_layer=1,8,12,18 --
+per depth, or `python -m mosaic_jax.tools.sweep run --name=depth --mode=slurm --grid=model.n_layer=1,8,12,18 --
 --config=babistories_mm` (and the same for `babistories_gpt2.py`).
 
 ## Time and cost estimate

@@ -21,8 +21,8 @@ import numpy as np
 import optax
 
 import mosaic_jax as mj
-from mosaic_jax import memory
-from mosaic_jax.config import ModelConfig
+from mosaic_jax.ops import memory
+from mosaic_jax.models.config import ModelConfig
 
 Array = jax.Array
 

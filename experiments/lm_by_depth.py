@@ -9,7 +9,7 @@
    memory mosaic and GPT-2, depths 1 and 4, identical recipe, data order and token budget. Re-running resumes
    (or skips) finished runs; `--fresh` deletes the run folders first.
 3. Plots train and validation loss against tokens (Fig. 7) from each run's metrics.jsonl.
-4. Scores per-position loss (Fig. 8) with `mosaic_jax.evaluate`/`mosaic_jax.analysis` on TinyStories validation (in
+4. Scores per-position loss (Fig. 8) with `mosaic_jax.evaluate`/`mosaic_jax.tasks.analysis` on TinyStories validation (in
    distribution) and WikiText-2 validation and Project Gutenberg books (out of distribution).
 
 The trained runs are also the input of experiments/attention_consistency.py.
@@ -207,7 +207,7 @@ def main(argv=None) -> dict:
     plt.close(fig)
 
     # --- tables ---
-    from mosaic_jax import model as M  # noqa: F401  (parameter counts from the run configs below)
+    from mosaic_jax.models import lm as M
     rows_fit = []
     for arch, depth in runs:
         m = metrics[(arch, depth)]
@@ -284,8 +284,8 @@ def param_count(workdir: pathlib.Path) -> int:
     """Parameters of the model a run trained (from its config, without loading weights)."""
     import jax
 
-    from mosaic_jax import model as M
-    from mosaic_jax.config import ModelConfig
+    from mosaic_jax.models import lm as M
+    from mosaic_jax.models.config import ModelConfig
 
     cfg = json.loads((workdir / "config.json").read_text())["model"]
     mc = ModelConfig.from_dict(cfg)

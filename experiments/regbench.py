@@ -33,9 +33,9 @@ import optax
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mosaic_jax import model as M  # noqa: E402
-from mosaic_jax import regbench as rb  # noqa: E402
-from mosaic_jax.config import ModelConfig  # noqa: E402
+from mosaic_jax.models import lm as M
+from mosaic_jax.tasks import regbench as rb
+from mosaic_jax.models.config import ModelConfig  # noqa: E402
 
 # Read off the Memory Mosaics ICLL figure (regbench.md §4, ±0.02): number of training automata -> value.
 PAPER = {
@@ -185,14 +185,14 @@ def main(argv=None) -> dict:
 Command: `{command_line(['python', 'experiments/regbench.py'] + list(sys.argv[1:] if argv is None else argv))}`
 Wall time: {wall:.0f} s on {machine()}{' — SMOKE RUN, numbers meaningless' if a.smoke else ''}.
 
-Data (`mosaic_jax/regbench.py`, seed {a.seed}): {n_max} training automata (nested subsets of the first N),
+Data (`mosaic_jax/tasks/regbench.py`, seed {a.seed}): {n_max} training automata (nested subsets of the first N),
 {a.test} test and {a.val} validation automata, all distinct up to isomorphism; one instance (10–19 strings)
 per automaton, cut to {a.seq_len} tokens. Metrics over every scored position ({int((test.states >= 0).sum()):,}
 test positions): accuracy = the argmax is a legal next symbol; TVD = ½·Σ|p_model − p_DFA| over the 20 tokens
 (p_DFA uniform over the legal symbols); the seq_icl code accumulates Σ|p − q| (= L1 = 2·TVD) — both are given.
 The paper's values are read off its figure (±0.02); we do not know which of the two conventions it plots.
 
-Models (library `mosaic_jax.model`): memory mosaic C=128, 8 heads, 2 layers, P=448 (the ICLL config,
+Models (library `mosaic_jax.models.lm`): memory mosaic C=128, 8 heads, 2 layers, P=448 (the ICLL config,
 {n_params.get('mosaic', 0):,} parameters) and GPT-2 C=128, 8 heads, 2 layers with learned positions
 ({n_params.get('gpt2', 0):,} parameters). Training: AdamW (0.9, 0.95), weight decay 0.1, clip 1.0, lr {a.lr} with
 10% warm-up and cosine decay to lr/10, batch {a.batch}, {a.steps} steps, checkpoint chosen by validation loss.

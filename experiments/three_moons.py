@@ -3,7 +3,7 @@
     python experiments/three_moons.py                 # full run, writes experiments/results/three_moons/
     python experiments/three_moons.py --smoke --out /tmp/tm   # seconds-long CI version
 
-Trains the one-layer contextual memory of `mosaic_jax.three_moons` (fixed β = 50, rotation-constrained maps)
+Trains the one-layer contextual memory of `mosaic_jax.tasks.three_moons` (fixed β = 50, rotation-constrained maps)
 with AdamW (lr linear 1e-2 → 5e-6, betas (0.9, 0.999), no weight decay) on the clipped squared error for 500
 steps, with 1 head (d_h = 6) and 3 heads (d_h = 2), for several seeds. Then measures the free-run generation
 error over the next 25 steps against the context length on the held-out triple [1, 2, 3], and plots it with
@@ -32,7 +32,7 @@ import optax
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mosaic_jax import three_moons as tm  # noqa: E402
+from mosaic_jax.tasks import three_moons as tm
 
 N_GEN = 25
 PLOT_TRAIN_TRIPLE = tm.TRAIN_TRIPLES[5]    # (0.5, 1.0, 2.5): the training triple the reference plots

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mosaic_jax import three_moons as tm
+from mosaic_jax.tasks import three_moons as tm
 
 N_GEN = 25
 OPTIMIZERS = ("reference", "optax")

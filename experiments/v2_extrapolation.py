@@ -33,8 +33,9 @@ import optax
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mosaic_jax import model, optim  # noqa: E402
-from mosaic_jax.config import ModelConfig  # noqa: E402
+from mosaic_jax.models import lm
+from mosaic_jax.training import optim
+from mosaic_jax.models.config import ModelConfig  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "tinystories"
 OUT = REPO / "experiments" / "results" / "v2_extrapolation"
@@ -122,14 +123,14 @@ def retrieval_batch(rng: np.random.Generator, data: np.ndarray, B: int, T: int, 
 def train(cfg: ModelConfig, s: Setup, train_data: np.ndarray, log) -> tuple[dict, float]:
     ocfg = optim.OptimConfig(lr=s.lr, min_lr=s.lr / 20, warmup_steps=s.warmup, decay_steps=s.steps,
                              weight_decay=0.1, grad_clip=1.0)
-    tx = optim.make_optimizer(ocfg, optim.decay_mask(model.param_axes(cfg)))
-    params = model.init_params(cfg, jax.random.key(s.seed))
+    tx = optim.make_optimizer(ocfg, optim.decay_mask(lm.param_axes(cfg)))
+    params = lm.init_params(cfg, jax.random.key(s.seed))
     opt_state = tx.init(params)
 
     @jax.jit
     def step(params, opt_state, tokens, rng):
         def loss(p):
-            total, n = model.cross_entropy(model.apply(cfg, p, tokens[:, :-1], rng=rng), tokens[:, 1:])
+            total, n = lm.cross_entropy(lm.apply(cfg, p, tokens[:, :-1], rng=rng), tokens[:, 1:])
             return total / n
         value, grads = jax.value_and_grad(loss)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -152,7 +153,7 @@ def train(cfg: ModelConfig, s: Setup, train_data: np.ndarray, log) -> tuple[dict
 # ---------------------------------------------------------------------------------------------------------------
 def make_logits(cfg: ModelConfig, batch: int):
     """Logits of a fixed-size batch (rows padded to `batch`: one compilation per sequence length)."""
-    f = jax.jit(lambda p, x: model.apply(cfg, p, x))
+    f = jax.jit(lambda p, x: lm.apply(cfg, p, x))
 
     def fn(params, tokens: np.ndarray) -> np.ndarray:
         outs = []
@@ -277,7 +278,7 @@ def without_long_memory(cfg: ModelConfig, params: dict) -> dict:
 
 
 def evaluate(cfg: ModelConfig, fn, params: dict, s: Setup, val_data: np.ndarray, secs: float) -> dict:
-    r = {"params": model.count_params(params), "train_seconds": secs, "retrieval": {}, "loss_at": {}}
+    r = {"params": lm.count_params(params), "train_seconds": secs, "retrieval": {}, "loss_at": {}}
     for T in s.eval_lens:
         r["retrieval"][str(T)] = retrieval_accuracy(cfg, fn, params, s, val_data, T)
     losses = token_losses(cfg, fn, params, s, val_data, s.eval_lens[-1])

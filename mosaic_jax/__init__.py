@@ -12,16 +12,16 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ModelConfig": "mosaic_jax.config",
-    "MemoryFns": "mosaic_jax.layers",
-    "apply": "mosaic_jax.model",
-    "count_params": "mosaic_jax.model",
-    "init_params": "mosaic_jax.model",
-    "loss_fn": "mosaic_jax.model",
-    "param_axes": "mosaic_jax.model",
-    "load_reference": "mosaic_jax.reference",
-    "export_reference": "mosaic_jax.reference",
-    "ReferenceFormatError": "mosaic_jax.reference",
+    "ModelConfig": "mosaic_jax.models.config",
+    "MemoryFns": "mosaic_jax.models.mosaic.layers",
+    "apply": "mosaic_jax.models.lm",
+    "count_params": "mosaic_jax.models.lm",
+    "init_params": "mosaic_jax.models.lm",
+    "loss_fn": "mosaic_jax.models.lm",
+    "param_axes": "mosaic_jax.models.lm",
+    "load_reference": "mosaic_jax.models.mosaic.reference",
+    "export_reference": "mosaic_jax.models.mosaic.reference",
+    "ReferenceFormatError": "mosaic_jax.models.mosaic.reference",
 }
 __all__ = sorted(_EXPORTS)
 

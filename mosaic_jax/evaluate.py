@@ -23,7 +23,7 @@ import numpy as np
 from absl import flags
 
 from mosaic_jax import cli_util
-from mosaic_jax.config import ModelConfig
+from mosaic_jax.models.config import ModelConfig
 
 
 def corpus_windows(ids: Sequence[int], window: int) -> np.ndarray:
@@ -40,7 +40,7 @@ def score_windows(cfg: ModelConfig, params: Any, windows_NT1: np.ndarray, batch_
     """Per-token losses (N, T) in fixed-shape batches (the last one padded, so one compile)."""
     import jax.numpy as jnp
 
-    from mosaic_jax.analysis import token_losses
+    from mosaic_jax.tasks.analysis import token_losses
 
     N = len(windows_NT1)
     out = []
@@ -185,7 +185,7 @@ def _evaluate(rest: list[str]) -> int:
             print(f"loss {summary['loss']:.4f} | perplexity {summary['perplexity']:.2f} | "
                   f"{summary['tokens_scored']:,} tokens in {summary['windows']} windows of {window}")
         if args.attention_text:
-            from mosaic_jax.analysis import attention_maps
+            from mosaic_jax.tasks.analysis import attention_maps
             ids = [tok.eos_id] + tok.encode(args.attention_text)
             layer = args.attention_layer
             heads = range(cfg.n_head) if args.attention_head < 0 else [args.attention_head]

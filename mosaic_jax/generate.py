@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 from absl import flags
 
 from mosaic_jax import cli_util
-from mosaic_jax.config import ModelConfig
+from mosaic_jax.models.config import ModelConfig
 
 
 class InferenceLoadError(RuntimeError):
@@ -51,7 +51,7 @@ def _restore_params(path: pathlib.Path, cfg: ModelConfig, in_state: bool) -> Any
     import jax
     import orbax.checkpoint as ocp
 
-    from mosaic_jax.model import init_params
+    from mosaic_jax.models.lm import init_params
 
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
@@ -117,7 +117,7 @@ def _load_tokenizer(spec: str) -> Any:
 def _run_tokenizer(wd: pathlib.Path, data_meta: dict[str, Any]) -> Any:
     """The run's tokenizer: its recorded data folder, else the copy training left in `workdir/tokenizer/`
     (checkpoint.save_tokenizer); the first whose hash matches the checkpoint's wins."""
-    from mosaic_jax.checkpoint import TOKENIZER_DIR
+    from mosaic_jax.training.checkpoint import TOKENIZER_DIR
 
     run_cfg = _read_json(wd / "config.json") if (wd / "config.json").is_file() else {}
     recorded = data_meta.get("path") or run_cfg.get("data", {}).get("path")
@@ -206,7 +206,7 @@ def _generate(rest: list[str]) -> int:
     if not args.workdir:
         raise cli_util.UsageError("--workdir is required")
     prompt = _prompt_text(args.prompt)
-    from mosaic_jax import sampling
+    from mosaic_jax.inference import sampling
 
     try:
         cfg, params, tok = load_for_inference(args.workdir, args.step, args.tokenizer)

@@ -19,8 +19,9 @@ from typing import Any, Optional, Sequence
 from absl import flags, logging
 from ml_collections import config_flags
 
-from mosaic_jax import cli_util, distributed   # defines --coordinator_address, --num_processes, --process_id, ...
-from mosaic_jax import run_guard     # defines --break_lock
+from mosaic_jax import cli_util   # defines --coordinator_address, --num_processes, --process_id, ...
+from mosaic_jax.parallel import distributed
+from mosaic_jax.training import run_guard
 
 config_flags.DEFINE_config_file("config", None, "A preset name (tiny_cpu, babistories_mm, ...: mosaic_jax/presets/) "
                                 "or an ml_collections config file.")
@@ -38,8 +39,10 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     import jax
     import numpy as np
 
-    from mosaic_jax import checkpoint, configs, evaluate_lm, flops, metrics, model, optim, sharding
-    from mosaic_jax import train_state, train_step
+    from mosaic_jax.models import flops, lm
+    from mosaic_jax.parallel import sharding
+    from mosaic_jax.training import checkpoint, heldout, metrics, optim, run_config
+    from mosaic_jax.training import train_state, train_step
     from mosaic_jax.data import loader, store, tokenizers
     from mosaic_jax.data.errors import DataError
 
@@ -47,23 +50,23 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     preempt.install()   # first thing: a SIGTERM/SIGINT during set-up or compilation must not kill the run uncleanly
     # ---- validate every input before writing anything --------------------------------------------------------
     if config is None:
-        raise configs.ConfigError("--config is required (e.g. --config=tiny_cpu)")
+        raise run_config.ConfigError("--config is required (e.g. --config=tiny_cpu)")
     if not workdir:
-        raise configs.ConfigError("--workdir is required")
+        raise run_config.ConfigError("--workdir is required")
     if config.train.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", config.train.compilation_cache_dir)
     ds = store.open_prepared(config.data.path, "train")
     try:
         mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     except ValueError as e:
-        raise configs.ConfigError(str(e)) from None
+        raise run_config.ConfigError(str(e)) from None
     pi, pc = jax.process_index(), jax.process_count()
-    rc = configs.resolve(config, ds.vocab_size, sharding.data_parallel_size(mesh), pc)
+    rc = run_config.resolve(config, ds.vocab_size, sharding.data_parallel_size(mesh), pc)
     cfg, t, d = rc.model, rc.cfg.train, rc.cfg.data
     try:   # every process must feed its devices from its own rows (loader.process_batch_at)
         layouts = {distributed.check_batch_layout(mesh, rows) for rows in (t.global_batch, t.eval_batch_size)}
     except distributed.DistributedError as e:
-        raise configs.ConfigError(str(e)) from None
+        raise run_config.ConfigError(str(e)) from None
     if "permuted" in layouts:
         _say(f"note: {distributed.mesh_summary(mesh)} interleaves processes along the batch; each process "
              "still feeds only its own rows (same rows per step, another order within the batch)")
@@ -79,7 +82,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
 
     workdir_p = pathlib.Path(workdir).absolute()
     ckpt_dir = workdir_p / "checkpoints"
-    tx = optim.make_optimizer(rc.optim, optim.decay_mask(model.param_axes(cfg)))
+    tx = optim.make_optimizer(rc.optim, optim.decay_mask(lm.param_axes(cfg)))
     shardings = train_state.state_shardings(cfg, tx, mesh)
     target = train_state.with_shardings(train_state.abstract_state(cfg, tx), shardings)
     # refuse a resume on another architecture, shape or tokenizer before creating or changing anything
@@ -122,11 +125,11 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     def run_eval(step: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if val_src is not None and t.eval_batches:
-            out = evaluate_lm.evaluate(eval_fn, state.params, val_src, t.eval_batches, mesh, pi, pc)
+            out = heldout.evaluate(eval_fn, state.params, val_src, t.eval_batches, mesh, pi, pc)
             writer.write_scalars(step, out, split="eval")
             _say(f"eval step {step} | loss {out['loss']:.4f} | perplexity {out['perplexity']:.2f}")
         if t.sample_tokens:
-            text = evaluate_lm.sample_text(cfg, state.params, tokenizer, t.sample_prompt, t.sample_tokens,
+            text = heldout.sample_text(cfg, state.params, tokenizer, t.sample_prompt, t.sample_tokens,
                                            temperature=t.sample_temperature, seed=step)
             writer.write_text(step, "sample", text)
             out["sample"] = text
@@ -216,8 +219,8 @@ def _body(rest: list[str]) -> int:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO; --verbosity=0 shows them
         run_guard.quiet_orbax_errors()           # and a failed save with tracebacks: reported below in one line
-    from mosaic_jax.checkpoint import CheckpointError
-    from mosaic_jax.configs import ConfigError
+    from mosaic_jax.training.checkpoint import CheckpointError
+    from mosaic_jax.training.run_config import ConfigError
     from mosaic_jax.data.errors import DataError
     config = cli_util.load_config(flags.FLAGS)
     try:

@@ -4,7 +4,7 @@ converter that swaps heads, layers or scalars changes the function."""
 import jax
 import numpy as np
 
-from mosaic_jax.model import init_params
+from mosaic_jax.models.lm import init_params
 
 HEAD_SCALARS = {"leaky_key_beta", "kernel_beta", "value_beta", "value_scale", "bw_b0", "bw_b1", "bw_alpha"}
 

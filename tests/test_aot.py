@@ -1,4 +1,4 @@
-"""Ahead-of-time check (`python -m mosaic_jax.aot`): topology parsing, the report on simulated CPU devices,
+"""Ahead-of-time check (`python -m mosaic_jax.tools.aot`): topology parsing, the report on simulated CPU devices,
 the exit status when the estimate does not fit, and (where libtpu is installed) a compile-only TPU topology."""
 import importlib.util
 import json
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mosaic_jax import aot, aot_scaling
+from mosaic_jax.tools import aot, aot_scaling
 from tests.conftest import REPO
 
 TINY = ["--config=experiments/configs/tiny_cpu.py", "--config.model.vocab_size=512", "--config.model.n_layer=2",
@@ -20,7 +20,7 @@ def _aot(*args, extra_env=None):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     env.pop("XLA_FLAGS", None)   # the tool sets its own device count
     env.update(extra_env or {})
-    return subprocess.run([sys.executable, "-m", "mosaic_jax.aot", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "mosaic_jax.tools.aot", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mosaic_jax import bench, bench_report, hostinfo
+from mosaic_jax.tools import bench, bench_report, hostinfo
 
 
 def test_bench_smoke_rows_and_markdown(capsys: pytest.CaptureFixture, tmp_path) -> None:
@@ -16,7 +16,7 @@ def test_bench_smoke_rows_and_markdown(capsys: pytest.CaptureFixture, tmp_path) 
     assert len(lines) == len(rows) == 4      # (mosaic, gpt2) x (train, decode)
     for r in lines:
         assert r["device"].startswith("cpu") and r["tokens_per_s"] > 0 and r["backend"] == "cpu"
-        assert r["cmd"].startswith("python -m mosaic_jax.bench")
+        assert r["cmd"].startswith("python -m mosaic_jax.tools.bench")
         assert r["cpu_model"] in r["device"] and all(f in r["device"] for f in r["cpu_flags"])
         assert len(r["load_avg"]["start"]) == len(r["load_avg"]["end"]) == 3
     train = [r for r in lines if r["bench"] == "train"]

@@ -7,13 +7,15 @@ import jax
 import numpy as np
 import pytest
 
-from mosaic_jax import checkpoint, model, optim, sharding, train_state
-from mosaic_jax.config import ModelConfig
+from mosaic_jax.models import lm
+from mosaic_jax.parallel import sharding
+from mosaic_jax.training import checkpoint, optim, train_state
+from mosaic_jax.models.config import ModelConfig
 from tests.conftest import REPO
 
 CFG = ModelConfig(arch="gpt2", n_layer=2, n_embd=32, n_head=4, vocab_size=64, block_size=16)
 OPT = optim.OptimConfig(lr=1e-3, warmup_steps=0, decay_steps=10)
-TX = optim.make_optimizer(OPT, optim.decay_mask(model.param_axes(CFG)))
+TX = optim.make_optimizer(OPT, optim.decay_mask(lm.param_axes(CFG)))
 DATA = {"path": "/data/x", "seed": 0, "tokenizer_hash": "abc", "global_batch": 8, "seq_len": 16}
 
 
@@ -114,9 +116,10 @@ def test_params_export_round_trip(tmp_path, host_state):
 
 _EXPORT_4 = """
 import sys, jax, numpy as np
-from mosaic_jax import checkpoint, sharding
+from mosaic_jax.parallel import sharding
+from mosaic_jax.training import checkpoint
 from tests.test_checkpoint import CFG, TX, _on_mesh
-from mosaic_jax import train_state
+from mosaic_jax.training import train_state
 assert len(jax.devices()) == 4
 state, _ = _on_mesh(jax.device_get(train_state.init_state(CFG, TX, seed=5)), (2, 2, 1))
 assert any(len(x.sharding.device_set) > 1 for x in jax.tree.leaves(state.params))   # really spread out
@@ -127,7 +130,7 @@ np.savez(sys.argv[2], **{jax.tree_util.keystr(k): np.asarray(v)
 
 _LOAD_1 = """
 import sys, jax, numpy as np
-from mosaic_jax import checkpoint
+from mosaic_jax.training import checkpoint
 assert len(jax.devices()) == 1
 _, params = checkpoint.load_exported(sys.argv[1])
 assert all(x.sharding == jax.sharding.SingleDeviceSharding(jax.devices()[0]) for x in jax.tree.leaves(params))

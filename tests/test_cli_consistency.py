@@ -32,9 +32,14 @@ MISSING_FILE = {
 }
 
 
+# The command name each CLI reports is its module's basename; the tools live in subpackages.
+MODULE_PATH = {"sweep": "tools.sweep", "aot": "tools.aot", "bench": "tools.bench", "bench_decode": "tools.bench_decode",
+               "bench_data": "tools.bench_data", "v2_counts": "models.mosaic_v2.counts"}
+
+
 def _run(module, *args, cwd=REPO):
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", f"mosaic_jax.{module}", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", f"mosaic_jax.{MODULE_PATH.get(module, module)}", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import mosaic_jax as mj
-from mosaic_jax import decode
+from mosaic_jax.inference import decode
 
 TOL = 1e-5
 TINY = dict(vocab_size=96, n_layer=2, n_head=4, n_embd=64, block_size=32, pmem_size=56)
@@ -180,7 +180,7 @@ def test_read_bucket():
 
 
 def test_bench_decode_smoke(capsys):
-    from mosaic_jax import bench_decode
+    from mosaic_jax.tools import bench_decode
     assert bench_decode.main(["--positions=8,16", "--rounds=1", "--steps=2", "--n_layer=1", "--n_embd=32",
                               "--vocab_size=64", "--pmem_size=16", "--block_size=8"]) == 0
     out = capsys.readouterr().out

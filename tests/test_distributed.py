@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from mosaic_jax import distributed
-from mosaic_jax.distributed import DistributedError, make_plan
+from mosaic_jax.parallel import distributed
+from mosaic_jax.parallel.distributed import DistributedError, make_plan
 from tests.conftest import REPO
 
 # Tolerances of the 2x4-process vs 1x8-process comparison (float32, gloo all-reduce in another order than XLA's
@@ -126,7 +126,7 @@ def test_startup_timeout_is_one_clear_line(tmp_path):
 # ---- the batch layout check (fake process assignments over the 8 local devices) ------------------------------
 
 def _mesh(data, fsdp, tensor):
-    from mosaic_jax import sharding
+    from mosaic_jax.parallel import sharding
     return sharding.make_mesh(data, fsdp, tensor)
 
 
@@ -223,7 +223,7 @@ def test_two_processes_match_one_process_and_resume_in_one(tmp_path, mp_data, mp
     3. the same 2-process command again: resumes at step 1, runs to S1; steps 1..S1 match the reference;
     4. 1 process x 8 devices continues the 2-process checkpoint to S2: steps S1+1..S2 and the final params match.
     """
-    from mosaic_jax import checkpoint
+    from mosaic_jax.training import checkpoint
     single, multi, logs = tmp_path / "single_1x8", tmp_path / "multi_2x4", tmp_path / "logs"
     _one_process(single, mp_data, S2, mp_env)
     ref = _train_records(single)

@@ -22,9 +22,9 @@ def test_mkdocs_build_strict(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    # The API page of mosaic_jax.memory is rendered from the module's docstrings: its functions are there.
+    # The API page of mosaic_jax.ops.memory is rendered from the module's docstrings: its functions are there.
     memory_html = (site / "api" / "memory" / "index.html").read_text()
-    assert 'id="mosaic_jax.memory.leaky_average_scan"' in memory_html
+    assert 'id="mosaic_jax.ops.memory.leaky_average_scan"' in memory_html
     assert "Associative scan of the recurrence" in memory_html  # the function's docstring text
     # The top-level page documents the lazily re-exported functions (griffe cannot follow __getattr__).
     index_html = (site / "api" / "index.html").read_text()

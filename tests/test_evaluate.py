@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 
 import mosaic_jax as mj
-from mosaic_jax import analysis, decode, evaluate, memory
-from mosaic_jax.model import loss_fn
+from mosaic_jax import evaluate
+from mosaic_jax.inference import decode
+from mosaic_jax.ops import memory
+from mosaic_jax.tasks import analysis
+from mosaic_jax.models.lm import loss_fn
 
 from test_decode import perturbed_params
 from test_generate_cli import CFG, TEXT, make_workdir

@@ -8,8 +8,11 @@ import optax
 import pytest
 
 import mosaic_jax as mj
-from mosaic_jax import fused, kernels, memory, model, train_step
-from mosaic_jax.config import ModelConfig
+from mosaic_jax.kernels import dense_vjp, memory_vjp
+from mosaic_jax.models import lm
+from mosaic_jax.ops import memory
+from mosaic_jax.training import train_step
+from mosaic_jax.models.config import ModelConfig
 
 TINY = dict(vocab_size=96, n_layer=2, n_embd=64, n_head=4, pmem_size=56, block_size=32)
 PLAIN = dict(cmem_impl="dense", pmem_impl="dense", loss_impl="dense", proj_impl="dense")
@@ -43,7 +46,7 @@ def test_persistent_fused_equals_dense(B: int, T: int, H: int, D: int, P: int, N
     mk, mv = rand(1, N, H, P, D), rand(2, N, H, P, D)
     dense = lambda q, mk, mv: memory.persistent_retrieval(q, mk, mv, impl="dense")
     if chunk:   # an explicit chunk that does not divide B·T: padded rows must not leak into the gradients
-        fast = lambda q, mk, mv: kernels.persistent_read(q, mk[0], mv[0], chunk)
+        fast = lambda q, mk, mv: memory_vjp.persistent_read(q, mk[0], mv[0], chunk)
         assert (B * T) % chunk
     else:
         fast = lambda q, mk, mv: memory.persistent_retrieval(q, mk, mv, impl="fused")
@@ -71,7 +74,7 @@ def test_persistent_bfloat16_fused_stays_close() -> None:
 def test_contextual_fused_equals_dense(B: int, T: int, H: int, D: int, group: int) -> None:
     k = memory.l2_normalize(rand(10, B, T, H, D)) * 2.5      # keys as the model makes them: β = 6.25
     v = rand(11, B, T, H, D)
-    fast = ((lambda k, v: kernels.contextual_read(k, v, group)) if group else
+    fast = ((lambda k, v: memory_vjp.contextual_read(k, v, group)) if group else
             (lambda k, v: memory.contextual_retrieval(k, v, impl="fused")))
     assert_same_value_and_grads(fast, lambda k, v: memory.contextual_retrieval(k, v, impl="dense"), (k, v))
     assert np.all(np.asarray(fast(k, v)[:, 0]) == 0.0)     # row 0 reads nothing: exactly 0
@@ -103,27 +106,27 @@ def test_auto_falls_back_to_dense_where_fast_forms_do_not_apply() -> None:
 
 
 def test_fused_dropout_equals_dense_with_the_same_masks() -> None:
-    """Fused dropout draws its masks from kernels.dropout_keep; the dense computation with those masks agrees."""
+    """Fused dropout draws its masks from memory_vjp.dropout_keep; the dense computation with those masks agrees."""
     B, T, H, D, P, rate, seed = 2, 13, 3, 4, 10, 0.3, jnp.uint32(7)
     q, mk, mv = rand(30, B, T, H, D, scale=2.0), rand(31, H, P, D), rand(32, H, P, D)
     c = 8                                   # token rows per chunk; the mask row of (token m, head h) is m·H + h
     rows = (jnp.arange(B * T)[:, None] * H + jnp.arange(H)[None, :])
-    keep = kernels.dropout_keep(seed, rows, P, rate).reshape(B, T, H, P)
+    keep = memory_vjp.dropout_keep(seed, rows, P, rate).reshape(B, T, H, P)
     assert abs(float(keep.mean()) - (1 - rate)) < 0.05
 
     def dense_p(q, mk, mv):
         a = jax.nn.softmax(jnp.einsum("bthd,hpd->bthp", q, mk), -1)
         return jnp.einsum("bthp,hpd->bthd", jnp.where(keep, a / (1 - rate), 0.0), mv)
-    assert_same_value_and_grads(lambda *a: kernels.persistent_read(*a, c, seed, rate), dense_p, (q, mk, mv))
+    assert_same_value_and_grads(lambda *a: memory_vjp.persistent_read(*a, c, seed, rate), dense_p, (q, mk, mv))
 
     k, v, g = memory.l2_normalize(q) * 2.0, rand(33, B, T, H, D), 4      # mask row of (pair b·H + h, t): pair·T + t
-    keep_c = kernels.dropout_keep(seed, jnp.arange(B * H)[:, None] * T + jnp.arange(T)[None, :], T, rate)
+    keep_c = memory_vjp.dropout_keep(seed, jnp.arange(B * H)[:, None] * T + jnp.arange(T)[None, :], T, rate)
 
     def dense_c(k, v):
         a = memory.masked_softmax(jnp.einsum("bthd,bshd->bhts", k, k), memory.strict_causal_mask(T))
         a = jnp.where(keep_c.reshape(B, H, T, T), a / (1 - rate), 0.0)
         return jnp.einsum("bhts,bshd->bthd", a, v)
-    assert_same_value_and_grads(lambda k, v: kernels.contextual_read(k, v, g, seed, rate), dense_c, (k, v))
+    assert_same_value_and_grads(lambda k, v: memory_vjp.contextual_read(k, v, g, seed, rate), dense_c, (k, v))
 
 
 def test_fused_dropout_through_memory_is_seeded() -> None:
@@ -147,8 +150,8 @@ def test_head_cross_entropy_equals_dense(M: int, C: int, V: int, chunk: int) -> 
     x, e = rand(20, M, C), rand(21, V, C)
     t = jax.random.randint(jax.random.key(22), (M,), -1, V)     # includes ignored (-1) targets
     scale = 0.7
-    fast = lambda x, e: fused.head_cross_entropy(x, e, t, scale, chunk)
-    dense = lambda x, e: model.cross_entropy(jnp.einsum("mc,vc->mv", x, e) * scale, t)[0]
+    fast = lambda x, e: dense_vjp.head_cross_entropy(x, e, t, scale, chunk)
+    dense = lambda x, e: lm.cross_entropy(jnp.einsum("mc,vc->mv", x, e) * scale, t)[0]
     assert_same_value_and_grads(fast, dense, (x, e), rtol=2e-5, atol=2e-5)
 
 
@@ -178,7 +181,7 @@ def test_golden_logits_with_every_fast_path(golden_dir) -> None:
     fast = cfg.replace(**FAST)
     logits = jax.jit(lambda p, x: mj.apply(fast, p, x))(params, ref["idx"])
     assert np.abs(np.asarray(logits) - ref["logits"]).max() <= 2e-5
-    total, count = model.loss_sum(fast, params, ref["idx"], ref["targets"])
+    total, count = lm.loss_sum(fast, params, ref["idx"], ref["targets"])
     assert abs(float(total / count) - float(ref["loss"])) <= 2e-5
 
 
@@ -201,7 +204,7 @@ def test_train_step_fast_equals_plain() -> None:
 
 
 def mj_state(cfg: ModelConfig, tx: optax.GradientTransformation):
-    from mosaic_jax import train_state
+    from mosaic_jax.training import train_state
     return train_state.init_state(cfg, tx, seed=0)
 
 
@@ -225,10 +228,10 @@ def test_bfloat16_kernels_compile_and_differentiate_under_jit(rows: int) -> None
     k, v = memory.l2_normalize(rand(43, 2, rows // 2, 4, 16)).astype(bf), rand(44, 2, rows // 2, 4, 16).astype(bf)
     x, e, w = rand(45, rows, 16).astype(bf), rand(46, 96, 16), rand(47, 16, 24)
     t = jnp.arange(rows) % 96
-    fns = {"pmem": (lambda q, mk, mv: kernels.persistent_read(q, mk, mv, 0, jnp.uint32(1), 0.1), (q, mk, mv)),
-           "cmem": (lambda k, v: kernels.contextual_read(k, v, 0, jnp.uint32(1), 0.1), (k, v)),
-           "ce": (lambda x, e: fused.head_cross_entropy(x, e, t, 0.25), (x, e)),
-           "matmul": (fused.matmul, (x, w))}
+    fns = {"pmem": (lambda q, mk, mv: memory_vjp.persistent_read(q, mk, mv, 0, jnp.uint32(1), 0.1), (q, mk, mv)),
+           "cmem": (lambda k, v: memory_vjp.contextual_read(k, v, 0, jnp.uint32(1), 0.1), (k, v)),
+           "ce": (lambda x, e: dense_vjp.head_cross_entropy(x, e, t, 0.25), (x, e)),
+           "matmul": (dense_vjp.matmul, (x, w))}
     for name, (f, args) in fns.items():
         loss = lambda *a: jnp.sum(f(*a).astype(jnp.float32))
         grads = jax.jit(jax.grad(loss, argnums=tuple(range(len(args)))))(*args)

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mosaic_jax import flops, model
-from mosaic_jax.config import ModelConfig
+from mosaic_jax.models import flops, lm
+from mosaic_jax.models.config import ModelConfig
 
 NOTES_CFG = ModelConfig(n_layer=4, n_embd=256, n_head=8, pmem_size=896, vocab_size=8192, block_size=256)
 
@@ -40,9 +40,9 @@ def test_formula_vs_xla_cost_analysis(arch):
     T, B = 128, 2
     cfg = ModelConfig(arch=arch, n_layer=2, n_embd=256, n_head=4, pmem_size=512, vocab_size=512, block_size=T,
                       scan_layers=False, leaky_impl="scan", ic_dropout=0.0, hd_dropout=0.0)
-    params = jax.eval_shape(lambda: model.init_params(cfg, jax.random.PRNGKey(0)))
+    params = jax.eval_shape(lambda: lm.init_params(cfg, jax.random.PRNGKey(0)))
     tokens = jax.ShapeDtypeStruct((B, T), jnp.int32)
-    loss = lambda p, x: model.loss_fn(cfg, p, x, x)  # noqa: E731
+    loss = lambda p, x: lm.loss_fn(cfg, p, x, x)  # noqa: E731
 
     def xla_flops(fn):
         cost = jax.jit(fn).lower(params, tokens).compile().cost_analysis()
@@ -80,13 +80,13 @@ def test_measure_cpu_peak_is_positive():
 
 def test_v2_formula_vs_xla_cost_analysis():
     """v2 counts the pairs each query reads; at a short context the reads are a few % of the step either way."""
-    from mosaic_jax import v2_counts
+    from mosaic_jax.models.mosaic_v2 import counts as v2_counts
     T, B = 16, 2
     cfg = v2_counts.v2_small().replace(n_layer=2, n_embd=256, n_head=4, ffn_hidden=768, vocab_size=1024, block_size=T,
                                        scan_layers=False)
-    params = jax.eval_shape(lambda: model.init_params(cfg, jax.random.PRNGKey(0)))
+    params = jax.eval_shape(lambda: lm.init_params(cfg, jax.random.PRNGKey(0)))
     tokens = jax.ShapeDtypeStruct((B, T), jnp.int32)
-    cost = jax.jit(lambda p, x: model.loss_fn(cfg, p, x, x)).lower(params, tokens).compile().cost_analysis()
+    cost = jax.jit(lambda p, x: lm.loss_fn(cfg, p, x, x)).lower(params, tokens).compile().cost_analysis()
     xla = (cost[0] if isinstance(cost, list) else cost)["flops"] / (B * T)
     ours = flops.forward_flops_per_token(cfg, T)
     assert ours == v2_counts.forward_flops_per_token(cfg, T)["total"]

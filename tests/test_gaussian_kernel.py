@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import mosaic_jax as mj
-from mosaic_jax.config import ModelConfig
+from mosaic_jax.models.config import ModelConfig
 
 _spec = importlib.util.spec_from_file_location(
     "gaussian_kernel", pathlib.Path(__file__).resolve().parents[1] / "experiments" / "gaussian_kernel.py")

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import mosaic_jax as mj
-from mosaic_jax import generate, sampling
+from mosaic_jax import generate
+from mosaic_jax.inference import sampling
 from mosaic_jax.data.tokenizers import ByteTokenizer
 
 from test_decode import perturbed_params
@@ -29,7 +30,7 @@ TEXT = "Once upon a time there was a little cat. The cat liked to play in the su
 def make_workdir(root: pathlib.Path, cfg: mj.ModelConfig, params, *, step: int = 7, export_only: bool = False
                  ) -> pathlib.Path:
     """A run folder: config.json, checkpoints/<step>/{state,config,data} (or only export/), byte tokenizer data."""
-    from mosaic_jax import checkpoint
+    from mosaic_jax.training import checkpoint
     from mosaic_jax.data import pipeline
 
     data = root / "data"

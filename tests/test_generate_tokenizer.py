@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from mosaic_jax import checkpoint, generate
+from mosaic_jax import generate
+from mosaic_jax.training import checkpoint
 from mosaic_jax.data import pipeline
 from mosaic_jax.data.tokenizers import MANIFEST_FILE, SentencePieceTokenizer, load_tokenizer
 from tests.conftest import REPO

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import mosaic_jax as mj
-from mosaic_jax import gpt2, memory
-from mosaic_jax.config import ModelConfig
+from mosaic_jax.models.gpt2 import layers as gpt2
+from mosaic_jax.ops import memory
+from mosaic_jax.models.config import ModelConfig
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (JAX_PLATFORMS=cuda)")
 BF16_ATOL = 3e-2    # bf16 has an 8-bit mantissa: outputs of O(1) agree to a few 1e-3, sums of grads to ~1e-2

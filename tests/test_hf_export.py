@@ -30,11 +30,11 @@ transformers = pytest.importorskip("transformers")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from mosaic_jax import checkpoint  # noqa: E402
-from mosaic_jax.config import ModelConfig  # noqa: E402
+from mosaic_jax.training import checkpoint
+from mosaic_jax.models.config import ModelConfig  # noqa: E402
 from mosaic_jax.data import tokenizers as mt  # noqa: E402
 from mosaic_jax.hf.export import ExportError, export_hf  # noqa: E402
-from mosaic_jax.model import apply  # noqa: E402
+from mosaic_jax.models.lm import apply  # noqa: E402
 from _tiny_params import random_params  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

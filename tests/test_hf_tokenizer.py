@@ -8,7 +8,7 @@ import pytest
 
 tokenizers = pytest.importorskip("tokenizers")
 
-from mosaic_jax import checkpoint  # noqa: E402
+from mosaic_jax.training import checkpoint
 from mosaic_jax.data import pipeline, store  # noqa: E402
 from mosaic_jax.data.errors import DataError  # noqa: E402
 from mosaic_jax.data.tokenizers import HFTokenizer, load_tokenizer  # noqa: E402

@@ -96,7 +96,7 @@ def test_slurm_dry_run_takes_the_coordinator_from_slurm():
 
 
 def test_slurm_array_task_takes_its_flags_from_the_sweep(tmp_path):
-    from mosaic_jax import sweep
+    from mosaic_jax.tools import sweep
     plan = sweep.plan_sweep(tmp_path, "lr", ["--config=experiments/configs/tiny_cpu.py"],
                             sweep.expand(grid=["train.lr=1e-3,3e-3"]))
     sweep.write_manifest(plan)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mosaic_jax import memory
+from mosaic_jax.ops import memory
 
 jax.config.update("jax_enable_x64", False)
 

@@ -7,13 +7,14 @@ import numpy as np
 import optax
 import pytest
 
-from mosaic_jax import model, optim
-from mosaic_jax.config import PAPER_MOSAIC_12L, ModelConfig
+from mosaic_jax.models import lm
+from mosaic_jax.training import optim
+from mosaic_jax.models.config import PAPER_MOSAIC_12L, ModelConfig
 
 
 def _masked_counts(cfg):
-    abstract = jax.eval_shape(lambda: model.init_params(cfg, jax.random.PRNGKey(0)))
-    mask = optim.decay_mask(model.param_axes(cfg))
+    abstract = jax.eval_shape(lambda: lm.init_params(cfg, jax.random.PRNGKey(0)))
+    mask = optim.decay_mask(lm.param_axes(cfg))
     per_layer = lambda path: any(getattr(k, "key", None) == "blocks" for k in path)  # noqa: E731
     counts = {True: [0, 0], False: [0, 0]}
     for (path, x), m in zip(jax.tree_util.tree_leaves_with_path(abstract), jax.tree.leaves(mask)):
@@ -32,7 +33,7 @@ def test_decay_groups_match_reference_paper_model():
 
 def test_decay_mask_gpt2_excludes_norms_and_biases():
     cfg = ModelConfig(arch="gpt2", n_layer=2, n_embd=32, n_head=4, vocab_size=64, block_size=16, bias=True)
-    mask = optim.decay_mask(model.param_axes(cfg))
+    mask = optim.decay_mask(lm.param_axes(cfg))
     blk = mask["blocks"]["gpt2"]
     assert blk["c_attn"] and blk["c_fc"] and blk["mlp_proj"] and blk["attn_proj"]
     assert mask["embed"] and mask["pos_embed"]

@@ -1,4 +1,4 @@
-"""The Pallas kernels (mosaic_jax.pallas) equal the dense reads, in Pallas interpret mode on CPU: values and
+"""The Pallas kernels (mosaic_jax.kernels.pallas) equal the dense reads, in Pallas interpret mode on CPU: values and
 gradients, several blocks, ragged lengths, the zero rows, causality, the band masks of v2, dropout, bfloat16,
 and the whole model through the `pallas` implementation switch.
 
@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 import mosaic_jax as mj
-from mosaic_jax import kernels, memory, memory_v2, pallas, platform
-from mosaic_jax.config import ModelConfig
-from mosaic_jax.pallas import dropout as pdropout
+from mosaic_jax.kernels import memory_vjp, pallas, platform
+from mosaic_jax.ops import memory, memory_v2
+from mosaic_jax.models.config import ModelConfig
+from mosaic_jax.kernels.pallas import dropout as pdropout
 
 BLOCKS = dict(block_q=16, block_k=8)     # T = 37 -> 3 query blocks x 5 key blocks, padded to 48
 QUICK = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -70,9 +71,9 @@ def dense_read(q, k, v, allowed_BTS, keep_BHTS=None, rate=0.0):
 
 
 def sequence_keep(seed, B, H, T, rate):
-    """The kernels' mask for (batch, head) pair g = b·H + h: row id g·T + t, column j (kernels.dropout_keep)."""
+    """The kernels' mask for (batch, head) pair g = b·H + h: row id g·T + t, column j (memory_vjp.dropout_keep)."""
     rows = jnp.arange(B * H)[:, None] * T + jnp.arange(T)[None, :]
-    return kernels.dropout_keep(seed, rows, T, rate).reshape(B, H, T, T)
+    return memory_vjp.dropout_keep(seed, rows, T, rate).reshape(B, H, T, T)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -114,9 +115,9 @@ def test_contextual_bfloat16_close_to_float32_dense() -> None:
 
 
 def test_dropout_hash_is_the_fused_kernels_mask() -> None:
-    """The int32 hash of the kernels gives kernels.dropout_keep's bits; its keep rate is 1 − p (binomial 5σ)."""
+    """The int32 hash of the kernels gives memory_vjp.dropout_keep's bits; its keep rate is 1 − p (binomial 5σ)."""
     seed, rate, R, C = jnp.uint32(123456789), 0.3, 300, 400
-    ref = kernels.dropout_keep(seed, jnp.arange(R, dtype=jnp.uint32), C, rate)
+    ref = memory_vjp.dropout_keep(seed, jnp.arange(R, dtype=jnp.uint32), C, rate)
     got = pdropout.keep(jax.lax.bitcast_convert_type(seed, jnp.int32), jnp.arange(R, dtype=jnp.int32)[:, None],
                         jnp.arange(C, dtype=jnp.int32)[None, :], rate)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
@@ -147,7 +148,7 @@ def test_contextual_dropout_equals_fused_and_dense_with_the_same_mask() -> None:
     allowed = jnp.broadcast_to(memory.strict_causal_mask(T), (B, T, T))
     fast = lambda k, v: pallas.contextual_read(k, v, seed, rate, **BLOCKS)
     y, _ = compare(fast, lambda k, v: dense_read(k, k, v, allowed, keep, rate), (k, v))
-    assert_close(y, kernels.contextual_read(k, v, 0, seed, rate))               # the CPU kernel's stream
+    assert_close(y, memory_vjp.contextual_read(k, v, 0, seed, rate))               # the CPU kernel's stream
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -164,13 +165,13 @@ def test_persistent_equals_dense(rate: float) -> None:
         dense = lambda q, mk, mv: memory.persistent_retrieval(q, mk[None], mv[None], impl="dense")
     else:
         rows = jnp.arange(B * T)[:, None] * H + jnp.arange(H)[None, :]
-        keep = kernels.dropout_keep(seed, rows, P, rate).reshape(B, T, H, P)
+        keep = memory_vjp.dropout_keep(seed, rows, P, rate).reshape(B, T, H, P)
 
         def dense(q, mk, mv):
             a = jax.nn.softmax(jnp.einsum("bthd,hpd->bthp", q, mk), -1)
             return jnp.einsum("bthp,hpd->bthd", jnp.where(keep, a / (1 - rate), 0.0), mv)
     y, _ = compare(fast, dense, (q, mk, mv))
-    assert_close(y, kernels.persistent_read(q, mk, mv, 0, seed if rate else None, rate))
+    assert_close(y, memory_vjp.persistent_read(q, mk, mv, 0, seed if rate else None, rate))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -245,7 +246,8 @@ def test_reads_run_per_device_under_a_mesh() -> None:
     and gradients, the slot-table gradient summed over the batch shards."""
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from mosaic_jax import sharding, train_step
+    from mosaic_jax.parallel import sharding
+    from mosaic_jax.training import train_step
     mesh = sharding.make_mesh(1, 4, 2, devices=jax.devices()[:8])
     B, T, H, D, S = 4, 12, 2, 8, 12
     k, v, mk = memory.l2_normalize(rand(40, B, T, H, D)) * 2.0, rand(41, B, T, H, D), rand(42, H, S, D)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import mosaic_jax as mj
-from mosaic_jax.config import ModelConfig
-from mosaic_jax.reference import ReferenceFormatError, read_state_dict, state_dict_from_params
+from mosaic_jax.models.config import ModelConfig
+from mosaic_jax.models.mosaic.reference import ReferenceFormatError, read_state_dict, state_dict_from_params
 
 TINY = dict(vocab_size=96, n_layer=2, n_embd=64, n_head=4, pmem_size=56, block_size=32)
 

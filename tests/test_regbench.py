@@ -1,14 +1,14 @@
-"""RegBench random-DFA generator, instances and metrics (mosaic_jax/regbench.py)."""
+"""RegBench random-DFA generator, instances and metrics (mosaic_jax/tasks/regbench.py)."""
 import numpy as np
 import pytest
 
-from mosaic_jax import regbench as rb
+from mosaic_jax.tasks import regbench as rb
 
 
 def test_vocabulary():
     assert rb.VOCAB_SIZE == 20 and rb.VOCAB[0] == "." and rb.VOCAB[-1] == "|"
     assert rb.PAD_ID == 0 and rb.SEP_ID == 19 and list(rb.SYMBOL_IDS) == list(range(1, 19))
-    assert rb.IGNORE == -1   # the library's loss ignore index (mosaic_jax.model.IGNORE_INDEX)
+    assert rb.IGNORE == -1   # the library's loss ignore index (mosaic_jax.models.lm.IGNORE_INDEX)
 
 
 def test_raw_sampler_follows_the_spec():

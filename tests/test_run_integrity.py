@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from mosaic_jax import checkpoint, integrity
+from mosaic_jax.training import checkpoint, integrity
 from tests.test_checkpoint import CFG, DATA, _assert_equal, _on_mesh, _target
 
 SAVED_CFG = {"model": {**CFG.to_dict()}, "train": {"grad_clip": 1.0, "lr": 1e-3}}
@@ -34,7 +34,7 @@ def two_checkpoints(tmp_path_factory, host_state):
 @pytest.fixture(scope="module")
 def host_state():
     from tests.test_checkpoint import TX
-    from mosaic_jax import train_state
+    from mosaic_jax.training import train_state
     return jax.device_get(train_state.init_state(CFG, TX, seed=3)).replace(step=np.int32(7))
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import mosaic_jax as mj
-from mosaic_jax import sampling
-from mosaic_jax.sampling import SamplingConfig, filter_logits, generate, sample_logits
+from mosaic_jax.inference import sampling
+from mosaic_jax.inference.sampling import SamplingConfig, filter_logits, generate, sample_logits
 
 from test_decode import APPLY, perturbed_params
 

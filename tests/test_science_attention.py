@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from mosaic_jax import memory
+from mosaic_jax.ops import memory
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
 import attention_consistency as ac  # noqa: E402

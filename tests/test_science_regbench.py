@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mosaic_jax import model as M
-from mosaic_jax import regbench as rb
-from mosaic_jax.config import ModelConfig
+from mosaic_jax.models import lm as M
+from mosaic_jax.tasks import regbench as rb
+from mosaic_jax.models.config import ModelConfig
 
 SEQ, STEPS, BATCH = 64, 100, 16
 

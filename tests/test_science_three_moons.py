@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import pytest
 
-from mosaic_jax import three_moons as tm
+from mosaic_jax.tasks import three_moons as tm
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
 import three_moons_report  # noqa: E402

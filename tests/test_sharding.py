@@ -3,8 +3,10 @@ import jax
 import pytest
 from jax.sharding import AxisType, PartitionSpec as P
 
-from mosaic_jax import model, optim, sharding, train_state
-from mosaic_jax.config import ModelConfig
+from mosaic_jax.models import lm
+from mosaic_jax.parallel import sharding
+from mosaic_jax.training import optim, train_state
+from mosaic_jax.models.config import ModelConfig
 
 TINY = ModelConfig(n_layer=2, n_embd=32, n_head=4, pmem_size=16, vocab_size=64, block_size=16)
 
@@ -46,7 +48,7 @@ def test_logical_to_spec_divisibility_and_reuse():
 
 @pytest.mark.parametrize("arch", ["mosaic", "gpt2"])
 def test_every_param_axis_has_a_rule(arch):
-    axes = model.param_axes(TINY.replace(arch=arch, bias=True))
+    axes = lm.param_axes(TINY.replace(arch=arch, bias=True))
     names = {a for leaf in jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, tuple)) for a in leaf}
     assert names <= set(sharding.LOGICAL_RULES), names - set(sharding.LOGICAL_RULES)
 
@@ -54,8 +56,8 @@ def test_every_param_axis_has_a_rule(arch):
 def test_golden_param_specs_on_2x2x2():
     """FSDP on embed (and P-mem slots), tensor parallel over heads, the input table never sharded on vocab."""
     mesh = sharding.make_mesh(2, 2, 2)
-    abstract = jax.eval_shape(lambda: model.init_params(TINY, jax.random.PRNGKey(0)))
-    specs = sharding.tree_specs(model.param_axes(TINY), abstract, mesh)
+    abstract = jax.eval_shape(lambda: lm.init_params(TINY, jax.random.PRNGKey(0)))
+    specs = sharding.tree_specs(lm.param_axes(TINY), abstract, mesh)
     blk = specs["blocks"]["mosaic"]
     assert specs["embed"] == P(None, "fsdp")
     assert specs["ln_out"]["weight"] == P()
@@ -70,8 +72,8 @@ def test_golden_param_specs_on_2x2x2():
 def test_gpt2_specs_megatron_pairing():
     mesh = sharding.make_mesh(1, 4, 2)
     cfg = TINY.replace(arch="gpt2")
-    abstract = jax.eval_shape(lambda: model.init_params(cfg, jax.random.PRNGKey(0)))
-    blk = sharding.tree_specs(model.param_axes(cfg), abstract, mesh)["blocks"]["gpt2"]
+    abstract = jax.eval_shape(lambda: lm.init_params(cfg, jax.random.PRNGKey(0)))
+    blk = sharding.tree_specs(lm.param_axes(cfg), abstract, mesh)["blocks"]["gpt2"]
     assert blk["c_attn"] == P(None, "fsdp", None, "tensor")
     assert blk["c_fc"] == P(None, "fsdp", "tensor")
     assert blk["mlp_proj"] == P(None, "tensor", "fsdp")
@@ -79,7 +81,7 @@ def test_gpt2_specs_megatron_pairing():
 
 def test_optimizer_state_sharded_like_params():
     mesh = sharding.make_mesh(1, 4, 2)
-    tx = optim.make_optimizer(optim.OptimConfig(decay_steps=10), optim.decay_mask(model.param_axes(TINY)))
+    tx = optim.make_optimizer(optim.OptimConfig(decay_steps=10), optim.decay_mask(lm.param_axes(TINY)))
     sh = train_state.state_shardings(TINY, tx, mesh)
     adam = sh.opt_state[1][0]   # chain(clip, adamw(...)) -> adamw's ScaleByAdamState
     assert jax.tree.leaves(adam.mu) == jax.tree.leaves(sh.params)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mosaic_jax import sweep
+from mosaic_jax.tools import sweep
 from tests.conftest import REPO
 
 
@@ -107,7 +107,7 @@ def test_local_sweep_end_to_end(tmp_path, data_dir):
                XLA_FLAGS="--xla_force_host_platform_device_count=2",
                JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    cmd = [sys.executable, "-m", "mosaic_jax.sweep", "run", "--name=seeds", f"--root={tmp_path / 'sweeps'}",
+    cmd = [sys.executable, "-m", "mosaic_jax.tools.sweep", "run", "--name=seeds", f"--root={tmp_path / 'sweeps'}",
            "--grid=train.seed=0,1", "--", "--config=tiny_cpu", f"--config.data.path={data}",
            "--config.model.n_layer=1", "--config.model.n_embd=32", "--config.model.n_head=2",
            "--config.model.pmem_size=32", "--config.model.block_size=16", "--config.train.global_batch=4",

@@ -1,4 +1,4 @@
-"""Three-moons generator and one-layer contextual-memory model (mosaic_jax/three_moons.py)."""
+"""Three-moons generator and one-layer contextual-memory model (mosaic_jax/tasks/three_moons.py)."""
 import itertools
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mosaic_jax import three_moons as tm
+from mosaic_jax.tasks import three_moons as tm
 
 
 def test_triples_are_the_nine_smallest_combined_periods():

@@ -39,12 +39,12 @@ MODEL_ARGS = [
 
 # ---- fast unit tests: config resolution, metric sinks, the NaN guard ---------------------------------------
 def test_resolve_fills_derived_fields_and_names_bad_ones():
-    from mosaic_jax import configs
-    c = configs.base_config()
+    from mosaic_jax.training import run_config
+    c = run_config.base_config()
     c.data.path = "somewhere"
     c.model.update(n_layer=2, n_embd=32, n_head=4, block_size=64)
     c.train.update(steps=50, global_batch=8)
-    rc = configs.resolve(c, data_vocab_size=260, data_parallel=4)
+    rc = run_config.resolve(c, data_vocab_size=260, data_parallel=4)
     assert rc.model.vocab_size == 320 and rc.cfg.data.seq_len == 64
     assert rc.cfg.train.decay_steps == 50 and rc.optim.decay_steps == 50 and rc.cfg.train.eval_batch_size == 8
     assert c.model.vocab_size == 0   # the caller's config is not modified
@@ -53,11 +53,11 @@ def test_resolve_fills_derived_fields_and_names_bad_ones():
            ({"model.leaky_impl": "fast"}, "model.leaky_impl"), ({"train.lr": -1.0}, "train.lr")]
     for change, msg in bad:
         (section, field), value = next(iter(change.items()))[0].split("."), next(iter(change.values()))
-        c2 = configs.base_config()
+        c2 = run_config.base_config()
         c2.data.path = "somewhere"
         c2[section][field] = value
-        with pytest.raises(configs.ConfigError, match=msg.replace(".", r"\.")):
-            configs.resolve(c2, data_vocab_size=260, data_parallel=4)
+        with pytest.raises(run_config.ConfigError, match=msg.replace(".", r"\.")):
+            run_config.resolve(c2, data_vocab_size=260, data_parallel=4)
 
 
 def _load_preset(name):
@@ -70,9 +70,10 @@ def _load_preset(name):
 
 def test_presets_resolve():
     """tiny_cpu resolves; the BabiStories presets carry the paper's recipe (spec §4.1) and equal FLOPs."""
-    from mosaic_jax import configs, flops
-    configs.resolve(_load_preset("tiny_cpu"), data_vocab_size=4096)
-    mm, gpt = (configs.resolve(_load_preset(n), data_vocab_size=50257, data_parallel=8)
+    from mosaic_jax.models import flops
+    from mosaic_jax.training import run_config
+    run_config.resolve(_load_preset("tiny_cpu"), data_vocab_size=4096)
+    mm, gpt = (run_config.resolve(_load_preset(n), data_vocab_size=50257, data_parallel=8)
                for n in ("babistories_mm", "babistories_gpt2"))
     m, t = mm.model, mm.cfg.train
     assert (m.n_layer, m.n_embd, m.n_head, m.pmem_size, m.block_size, m.vocab_size) == (12, 768, 12, 2688, 512, 50304)
@@ -84,7 +85,7 @@ def test_presets_resolve():
 
 
 def test_metric_writer_jsonl_and_tensorboard(tmp_path):
-    from mosaic_jax import metrics
+    from mosaic_jax.training import metrics
     w = metrics.MetricWriter(tmp_path, enabled=True)
     w.write_scalars(3, {"loss": 2.5, "mfu": None, "grad_norm": float("nan")})
     w.write_text(3, "sample", "Once upon a time")
@@ -98,7 +99,7 @@ def test_metric_writer_jsonl_and_tensorboard(tmp_path):
 
 
 def test_nan_guard_names_the_step():
-    from mosaic_jax import metrics
+    from mosaic_jax.training import metrics
     metrics.check_finite(5, {"loss": 1.0, "grad_norm": 2.0})
     with pytest.raises(FloatingPointError, match="loss is nan at step 7"):
         metrics.check_finite(7, {"loss": float("nan")})
@@ -107,7 +108,7 @@ def test_nan_guard_names_the_step():
 
 
 def test_console_line():
-    from mosaic_jax import metrics
+    from mosaic_jax.training import metrics
     line = metrics.console_line(120, 2000, {"loss": 2.34567, "lr": 1.2e-3, "tokens_per_s": 12345.0, "mfu": 0.123,
                                             "step_time": 0.081})
     assert line == "step 120/2000 | loss 2.3457 | lr 1.20e-03 | 12,345 tok/s | MFU 12.3% | 0.081 s/step | ETA 2m32s"
@@ -167,7 +168,7 @@ def _records(workdir, split):
 
 
 def _exported(workdir):
-    from mosaic_jax import checkpoint
+    from mosaic_jax.training import checkpoint
     _, params = checkpoint.load_exported(workdir / "export")
     return params
 

@@ -207,7 +207,7 @@ def test_failed_async_save_is_reported_without_blocking(tmp_path):
     """Checkpointer.poll (called by the loop after every step) returns the failure of an async save on a full disk
     as one line once the save has ended, without waiting for it; the previous checkpoint stays restorable."""
     import jax
-    from mosaic_jax import checkpoint
+    from mosaic_jax.training import checkpoint
     # random (incompressible) float32: 50k values fit in 600 kB, 300k (1.2 MB) do not
     small, big = (jax.random.normal(jax.random.key(0), (n,)) for n in (50_000, 300_000))
     with _tmpfs(tmp_path / "small", "600k") as fs:

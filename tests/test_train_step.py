@@ -3,8 +3,10 @@ import jax
 import numpy as np
 import pytest
 
-from mosaic_jax import model, optim, sharding, train_state, train_step
-from mosaic_jax.config import ModelConfig
+from mosaic_jax.models import lm
+from mosaic_jax.parallel import sharding
+from mosaic_jax.training import optim, train_state, train_step
+from mosaic_jax.models.config import ModelConfig
 
 MOSAIC = ModelConfig(n_layer=2, n_embd=32, n_head=4, pmem_size=32, vocab_size=64, block_size=16)
 # eps 1e-6: Adam's first update is lr·g/(|g|+eps), a sign function for |g| >> eps; a larger eps keeps
@@ -26,7 +28,7 @@ def _batch(rows: int, T: int = 16, vocab: int = 64, seed: int = 0, ignore_some: 
 def _one_step(cfg, shape, batch, microbatches=1):
     devices = jax.devices()[:int(np.prod(shape))]
     mesh = sharding.make_mesh(*shape, devices=devices)
-    tx = optim.make_optimizer(OPT, optim.decay_mask(model.param_axes(cfg)))
+    tx = optim.make_optimizer(OPT, optim.decay_mask(lm.param_axes(cfg)))
     sh = train_state.state_shardings(cfg, tx, mesh)
     if cfg not in _INIT_CACHE:   # one host copy of the initial state, laid out on each mesh by device_put
         _INIT_CACHE[cfg] = jax.device_get(train_state.init_state(cfg, tx, 0))

@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 
 import mosaic_jax as mj
-from mosaic_jax import memory, memory_v2, model, optim, v2_counts
-from mosaic_jax.config import ModelConfig
-from mosaic_jax.layers import ContextualMemory, MemoryFns
+from mosaic_jax.models import lm
+from mosaic_jax.models.mosaic_v2 import counts as v2_counts
+from mosaic_jax.ops import memory, memory_v2
+from mosaic_jax.training import optim
+from mosaic_jax.models.config import ModelConfig
+from mosaic_jax.models.mosaic.layers import ContextualMemory, MemoryFns
 
 TINY_V2 = dict(arch="mosaic_v2", vocab_size=64, n_layer=2, n_embd=32, n_head=2, block_size=32, short_window=5,
                long_skip_min=2, long_skip_max=6, long_skip_eval=3, ic_dropout=0.0, hd_dropout=0.0)
@@ -283,7 +286,7 @@ def test_grads_finite_with_documents_and_training_mode() -> None:
 
     def loss(p):
         logits = mj.apply(cfg, p, tokens, rng=jax.random.key(7), segment_ids_BT=seg)
-        total, n = model.cross_entropy(logits, jnp.roll(tokens, -1, 1))
+        total, n = lm.cross_entropy(logits, jnp.roll(tokens, -1, 1))
         return total / n
     grads = jax.jit(jax.grad(loss))(params)
     leaves = jax.tree.leaves(grads)
@@ -352,12 +355,12 @@ def test_counts_match_initialiser_and_paper() -> None:
 def test_presets_resolve_to_the_paper_sizes(name, counts) -> None:
     import importlib.util
     import pathlib
-    from mosaic_jax import configs
+    from mosaic_jax.training import run_config
     path = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    resolved = configs.resolve(mod.get_config(), data_vocab_size=128000).model
+    resolved = run_config.resolve(mod.get_config(), data_vocab_size=128000).model
     fields = ("arch", "vocab_size", "n_layer", "n_embd", "n_head", "short_heads", "long_heads", "ffn_dim",
               "short_window", "short_oldest", "long_skip_min", "long_skip_max", "long_skip_eval", "weight_tying",
               "doc_masking")

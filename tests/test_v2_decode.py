@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import mosaic_jax as mj
-from mosaic_jax import decode_v2
-from mosaic_jax.config import ModelConfig
+from mosaic_jax.models.mosaic_v2 import decode as decode_v2
+from mosaic_jax.models.config import ModelConfig
 
 
 @pytest.mark.parametrize("heads", [dict(short_oldest="t-h"), dict(n_head_long=0)])

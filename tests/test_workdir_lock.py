@@ -1,4 +1,4 @@
-"""The workdir lock (mosaic_jax.workdir_lock), in-process with real processes as holders: one holder at a time,
+"""The workdir lock (mosaic_jax.training.workdir_lock), in-process with real processes as holders: one holder at a time,
 stale locks of dead processes on this host taken over, locks from another host only with --break_lock, a file or
 read-only workdir refused in one line. The trainer-level tests are in tests/test_train_io.py."""
 import json
@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from mosaic_jax import run_guard, workdir_lock
-from mosaic_jax.workdir_lock import LOCK_FILE, LockError
+from mosaic_jax.training import run_guard, workdir_lock
+from mosaic_jax.training.workdir_lock import LOCK_FILE, LockError
 
 
 def _holder(tmp_path, **change):

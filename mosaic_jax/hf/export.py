@@ -17,7 +17,7 @@ import shutil
 import uuid
 from typing import Any, Optional
 
-from mosaic_jax.config import ModelConfig
+from mosaic_jax.models.config import ModelConfig
 
 MODELING_FILE = pathlib.Path(__file__).with_name("modeling_mosaic.py")
 

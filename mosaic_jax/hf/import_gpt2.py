@@ -1,4 +1,4 @@
-r"""A transformers GPT-2 checkpoint folder → this library's GPT-2 params (mosaic_jax/gpt2.py), logits equal.
+r"""A transformers GPT-2 checkpoint folder → this library's GPT-2 params (mosaic_jax/models/gpt2/layers.py), logits equal.
 
     cfg, params = load_hf_gpt2("path/to/gpt2")                  # config.json + model.safetensors (or .bin)
     python -m mosaic_jax.hf.import_gpt2 --hf=path/to/gpt2 --workdir=runs/gpt2_hf
@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 from absl import app, flags
 
-from mosaic_jax.config import ModelConfig
+from mosaic_jax.models.config import ModelConfig
 from mosaic_jax.hf.weights import HFImportError, gpt2_from_hf
 
 
@@ -54,7 +54,7 @@ def load_hf_gpt2(path: str | pathlib.Path) -> tuple[ModelConfig, dict[str, Any]]
 
 def import_to_workdir(hf_dir: str, workdir: str) -> pathlib.Path:
     """Write `workdir/export/` (and `workdir/tokenizer/` when the folder has a tokenizer.json)."""
-    from mosaic_jax.checkpoint import TOKENIZER_DIR, export_params
+    from mosaic_jax.training.checkpoint import TOKENIZER_DIR, export_params
     from mosaic_jax.data.tokenizers import MANIFEST_FILE, HFTokenizer
 
     wd = pathlib.Path(workdir)

@@ -14,7 +14,7 @@ is lm_eval's --batch_size (`auto`: 8).
   right-padded rows (causal models: padding never changes a valid position), padded to multiples of 32 tokens so
   few shapes compile. The forward is `mosaic_jax.apply` (equal to the decoder's prefill, tests/test_decode.py).
 * loglikelihood_rolling: lm_eval's disjoint rolling windows of `max_length` tokens, scored as above.
-* generate_until: the incremental decoder (mosaic_jax.sampling.generate_stream) on batches of requests that share
+* generate_until: the incremental decoder (mosaic_jax.inference.sampling.generate_stream) on batches of requests that share
   their generation settings, stopping when every row has produced EOS, a stop string or max_gen_toks tokens.
   GPT-2 runs recompute the last block_size tokens past their window; memory mosaics decode on.
 """
@@ -31,9 +31,9 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from mosaic_jax import sampling
-from mosaic_jax.config import ModelConfig
-from mosaic_jax.model import apply
+from mosaic_jax.inference import sampling
+from mosaic_jax.models.config import ModelConfig
+from mosaic_jax.models.lm import apply
 
 PAD_MULTIPLE = 32
 

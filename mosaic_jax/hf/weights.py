@@ -11,8 +11,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mosaic_jax import reference
-from mosaic_jax.config import ModelConfig
+from mosaic_jax.models.mosaic import reference
+from mosaic_jax.models.config import ModelConfig
 
 StateDict = dict[str, np.ndarray]
 CONV1D = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")

@@ -6,7 +6,7 @@ Prepare the data with the GPT-2 tokenizer (the reference's), e.g.
     python -m mosaic_jax.prepare_data --input=BabiStories/ --out=data/babistories_gpt2 --tokenizer=gpt2
 On a small accelerator set train.microbatches so that each microbatch fits (the batch stays 512 sequences).
 """
-from mosaic_jax.configs import base_config
+from mosaic_jax.training.run_config import base_config
 
 
 def get_config():

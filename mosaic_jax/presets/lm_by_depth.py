@@ -8,7 +8,7 @@ sentencepiece 4k vocabulary of scripts/quickstart.sh. The driver overrides `mode
     python -m mosaic_jax.train --config=lm_by_depth --workdir=runs/lm_by_depth/mosaic_L1 \
         --config.model.arch=mosaic --config.model.n_layer=1
 """
-from mosaic_jax.configs import base_config
+from mosaic_jax.training.run_config import base_config
 
 
 def get_config():

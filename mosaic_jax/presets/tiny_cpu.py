@@ -3,7 +3,7 @@
     python -m mosaic_jax.train --config=tiny_cpu --workdir=runs/tiny_cpu \
         --config.data.path=runs/data/tinystories_sp4k
 """
-from mosaic_jax.configs import base_config
+from mosaic_jax.training.run_config import base_config
 
 
 def get_config():

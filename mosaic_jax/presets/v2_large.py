@@ -2,7 +2,7 @@
 long-term), SwiGLU d' 14336, 4k context, document masking; 1T tokens at batch 1024 x 4096 (238,419 steps),
 peak lr 1e-3, otherwise as v2_small. Initialisation of v2 Table 6.
 
-Counts (python -m mosaic_jax.v2_counts): 9.926B parameters (paper: 9.9B) and 18.80 GFLOPs/token of weight
+Counts (python -m mosaic_jax.models.mosaic_v2.counts): 9.926B parameters (paper: 9.9B) and 18.80 GFLOPs/token of weight
 matmuls (paper: 18.9); docs/v2.md has the table.
     python -m mosaic_jax.train --config=v2_large --workdir=runs/v2_large \
         --config.data.path=data/<prepared> --config.mesh.tensor=8

@@ -2,13 +2,13 @@
 long-term), SwiGLU d' 6144, 4k context, document masking; 200B tokens at batch 1024 x 4096 (47,684 steps).
 AdamW(0.9, 0.95), wd 0.1, clip 1.0, 2k warm-up, cosine to lr/100, peak lr 3e-4. Initialisation of v2 Table 6.
 
-Counts (python -m mosaic_jax.v2_counts): 2.04B parameters with the Llama-3 vocabulary (128,256, untied).
+Counts (python -m mosaic_jax.models.mosaic_v2.counts): 2.04B parameters with the Llama-3 vocabulary (128,256, untied).
 The paper used a Llama-3-style tokenizer with <|begin_of_text|>/<|end_of_text|> around each document; prepare
 data with document boundaries and train with data.packing=True (segment ids -> document-wise masks).
     python -m mosaic_jax.train --config=v2_small --workdir=runs/v2_small \
         --config.data.path=data/<prepared>
 """
-from mosaic_jax.configs import base_config
+from mosaic_jax.training.run_config import base_config
 
 
 def get_config():

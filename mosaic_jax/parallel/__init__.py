@@ -1,0 +1,1 @@
+"""Device meshes, the logical-axis sharding table, and multi-process start-up."""

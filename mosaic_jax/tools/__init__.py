@@ -1,0 +1,1 @@
+"""Benchmarks, the ahead-of-time compile check and sweeps (command-line tools)."""
