@@ -23,6 +23,7 @@ import numpy as np
 from absl import flags
 
 from mosaic_jax import cli_util
+from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
 
 
@@ -94,7 +95,7 @@ def write_outputs(out_dir: pathlib.Path, summary: dict[str, Any], block_size: in
 
 
 def plot_attention(maps_HTT: np.ndarray, heads: Sequence[int], labels: Sequence[str], layer: int,
-                   path: pathlib.Path, arch: str) -> None:
+                   path: pathlib.Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -107,7 +108,7 @@ def plot_attention(maps_HTT: np.ndarray, heads: Sequence[int], labels: Sequence[
     fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
-    what = "C-mem read weights" if arch == "mosaic" else "attention"
+    what = f"{title} read weights"
     for ax, h in zip(axes.flat, heads):
         ax.imshow(maps_HTT[h], cmap="viridis", vmin=0.0, interpolation="nearest")
         ax.set_title(f"layer {layer} head {h} ({what})", fontsize=9)
@@ -169,8 +170,10 @@ def _evaluate(rest: list[str]) -> int:
     try:
         cfg, params, tok = load_for_inference(args.workdir, args.step, args.tokenizer)
         window = args.window or cfg.block_size
-        if cfg.arch == "gpt2" and window > cfg.block_size:
-            raise cli_util.UsageError(f"--window={window} exceeds the GPT-2 block_size {cfg.block_size} "
+        fam = registry.of(cfg)
+        limit = fam.max_positions(cfg)
+        if limit is not None and window > limit:
+            raise cli_util.UsageError(f"--window={window} exceeds the {fam.title} block_size {limit} "
                                       "(learned positions)")
         out_dir = pathlib.Path(args.out or pathlib.Path(args.workdir) / "eval")
         if args.input:
@@ -192,13 +195,13 @@ def _evaluate(rest: list[str]) -> int:
             if not 0 <= layer < cfg.n_layer or any(not 0 <= h < cfg.n_head for h in heads):
                 raise cli_util.UsageError(f"--attention_layer/--attention_head out of range ({cfg.n_layer} layers, "
                                           f"{cfg.n_head} heads)")
-            if cfg.arch == "gpt2" and len(ids) > cfg.block_size:
-                raise cli_util.UsageError(f"--attention_text has {len(ids)} tokens > GPT-2 block_size "
-                                          f"{cfg.block_size}")
+            if limit is not None and len(ids) > limit:
+                raise cli_util.UsageError(f"--attention_text has {len(ids)} tokens > {fam.title} block_size "
+                                          f"{limit}")
             maps = np.asarray(attention_maps(cfg, params, np.asarray([ids], np.int32)))[layer, 0]
             out_dir.mkdir(parents=True, exist_ok=True)
             name = f"attention_L{layer}_H{'all' if args.attention_head < 0 else args.attention_head}.png"
-            plot_attention(maps, list(heads), _token_labels(tok, ids), layer, out_dir / name, cfg.arch)
+            plot_attention(maps, list(heads), _token_labels(tok, ids), layer, out_dir / name, fam.title)
             print(f"wrote {out_dir / name}")
     except (DataError, ValueError) as e:
         raise cli_util.CommandError(str(e)) from None

@@ -19,9 +19,9 @@ from typing import Any, Optional, Sequence
 from absl import flags, logging
 from ml_collections import config_flags
 
-from mosaic_jax import cli_util   # defines --coordinator_address, --num_processes, --process_id, ...
-from mosaic_jax.parallel import distributed
-from mosaic_jax.training import run_guard
+from mosaic_jax import cli_util
+from mosaic_jax.parallel import distributed   # defines --coordinator_address, --num_processes, --process_id, ...
+from mosaic_jax.training import run_guard     # defines --break_lock
 
 config_flags.DEFINE_config_file("config", None, "A preset name (tiny_cpu, babistories_mm, ...: mosaic_jax/presets/) "
                                 "or an ml_collections config file.")
@@ -37,11 +37,10 @@ def _say(message: str) -> None:
 def train(config: Any, workdir: str) -> dict[str, Any]:
     """Run (or resume) training; returns a summary (final step, last train/eval metrics, last sample)."""
     import jax
-    import numpy as np
 
-    from mosaic_jax.models import flops, lm
+    from mosaic_jax.models import flops
     from mosaic_jax.parallel import sharding
-    from mosaic_jax.training import checkpoint, heldout, metrics, optim, run_config
+    from mosaic_jax.training import checkpoint, heldout, metrics, run_config, setup
     from mosaic_jax.training import train_state, train_step
     from mosaic_jax.data import loader, store, tokenizers
     from mosaic_jax.data.errors import DataError
@@ -82,9 +81,8 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
 
     workdir_p = pathlib.Path(workdir).absolute()
     ckpt_dir = workdir_p / "checkpoints"
-    tx = optim.make_optimizer(rc.optim, optim.decay_mask(lm.param_axes(cfg)))
-    shardings = train_state.state_shardings(cfg, tx, mesh)
-    target = train_state.with_shardings(train_state.abstract_state(cfg, tx), shardings)
+    su = setup.build(cfg, rc.optim, mesh, microbatches=t.microbatches, dropout=t.dropout)
+    target = su.abstract_state
     # refuse a resume on another architecture, shape or tokenizer before creating or changing anything
     checkpoint.check_resume(ckpt_dir, rc.to_dict(), data_meta, target)
 
@@ -100,20 +98,15 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         step0, state, _ = restored
         _say(f"resumed from {ckpt_dir / str(step0)} (step {step0})")
     else:
-        state = train_state.create_sharded_state(cfg, tx, t.seed, shardings)
+        state = train_state.create_sharded_state(cfg, su.tx, t.seed, su.shardings)
     start = int(jax.device_get(state.step))
     n_params = train_state.count_params(state)
     _say(f"{cfg.arch}: {n_params:,} params | mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform}"
          f" device(s) | batch {t.global_batch}x{d.seq_len} ({t.microbatches} microbatch(es)) | steps {start}->{t.steps}")
 
-    step_fn = train_step.jit_train_step(
-        train_step.make_train_step(cfg, tx, optim.lr_schedule(rc.optim), microbatches=t.microbatches,
-                                   dropout=t.dropout, mesh=mesh, param_shardings=shardings.params),
-        shardings, mesh)
-    eval_fn = train_step.jit_eval_step(train_step.make_eval_step(cfg), shardings.params, mesh)
     # several processes: compile, wait for all, then run (gloo on CPU gives a first collective only 30 s)
-    step_fn = distributed.compile_then_align(step_fn, "train step")
-    eval_fn = distributed.compile_then_align(eval_fn, "eval step")
+    step_fn = distributed.compile_then_align(su.train_step, "train step")
+    eval_fn = distributed.compile_then_align(su.eval_step, "eval step")
     tokenizer = tokenizers.load_tokenizer(d.path)
     writer = metrics.MetricWriter(workdir_p)
     flops_per_token = flops.train_flops_per_token(cfg, d.seq_len)

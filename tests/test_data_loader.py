@@ -20,7 +20,7 @@ def _equal(a: dict, b: dict) -> bool:
 def test_batch_is_a_pure_function_of_seed_and_step(prepared_sp, ds, packing):
     src = loader.BatchSource(ds, seq_len=32, global_batch=8, seed=3, packing=packing)
     batch = src.global_batch_at(7)
-    keys = {"inputs", "targets"} | ({"segment_ids", "positions"} if packing else set())
+    keys = {"inputs", "targets"} | ({"segment_ids"} if packing else set())   # the typed batch (data/batch.py)
     assert set(batch) == keys
     for v in batch.values():
         assert v.shape == (8, 32) and v.dtype == np.int32
@@ -72,13 +72,12 @@ def test_packing_never_crosses_documents_without_a_segment_change(ds):
     flat = np.asarray(ds.tokens)
     for step in range(20):
         b = src.global_batch_at(step)
-        x, y, seg, pos = b["inputs"], b["targets"], b["segment_ids"], b["positions"]
-        assert (seg[:, 0] == 1).all() and (pos[:, 0] == 0).all()
+        x, y, seg = b["inputs"], b["targets"], b["segment_ids"]
+        assert set(b) == {"inputs", "targets", "segment_ids"}   # the typed batch (data/batch.py)
+        assert (seg[:, 0] == 1).all()
         after_eos = x[:, :-1] == eos  # the next input token starts another document
         changed = seg[:, 1:] != seg[:, :-1]
         np.testing.assert_array_equal(changed, after_eos)
-        # Positions restart at each new segment and count up inside it.
-        np.testing.assert_array_equal(pos[:, 1:], np.where(changed, 0, pos[:, :-1] + 1))
         # No target is taken across a document boundary; all others are the next token.
         np.testing.assert_array_equal(y == -1, x == eos)
         np.testing.assert_array_equal(y[:, :-1][~after_eos], x[:, 1:][~after_eos])
@@ -126,7 +125,7 @@ def test_packing_pads_past_the_end_of_the_data(tmp_path):
     b = src.global_batch_at(0)
     padded = b["segment_ids"] == 0
     assert padded.any()  # with 18 tokens and T=8, rows that start late run off the end
-    assert (b["inputs"][padded] == 0).all() and (b["targets"][padded] == -1).all() and (b["positions"][padded] == 0).all()
+    assert (b["inputs"][padded] == 0).all() and (b["targets"][padded] == -1).all()
     last_real = np.argmax(padded, axis=1) - 1
     rows = np.flatnonzero(padded.any(axis=1))
     assert (b["targets"][rows, last_real[rows]] == -1).all()  # no target taken from the padding

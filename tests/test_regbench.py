@@ -8,7 +8,7 @@ from mosaic_jax.tasks import regbench as rb
 def test_vocabulary():
     assert rb.VOCAB_SIZE == 20 and rb.VOCAB[0] == "." and rb.VOCAB[-1] == "|"
     assert rb.PAD_ID == 0 and rb.SEP_ID == 19 and list(rb.SYMBOL_IDS) == list(range(1, 19))
-    assert rb.IGNORE == -1   # the library's loss ignore index (mosaic_jax.models.lm.IGNORE_INDEX)
+    assert rb.IGNORE == -1   # the library's loss ignore index (mosaic_jax.data.batch.IGNORE)
 
 
 def test_raw_sampler_follows_the_spec():

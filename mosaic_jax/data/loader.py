@@ -24,9 +24,9 @@ from typing import Iterator
 import numpy as np
 
 from mosaic_jax.data import store
+from mosaic_jax.data.batch import IGNORE, Batch
 from mosaic_jax.data.errors import DataError
 
-IGNORE_ID = -1
 _GOLDEN = 0x9E3779B97F4A7C15
 
 
@@ -67,10 +67,10 @@ class BatchSource:
     def tokens_per_step(self) -> int:
         return self.global_batch * self.seq_len
 
-    def global_batch_at(self, step: int) -> dict[str, np.ndarray]:
+    def global_batch_at(self, step: int) -> Batch:
         return self.rows_at(step, 0, self.global_batch)
 
-    def process_batch_at(self, step: int, process_index: int, process_count: int) -> dict[str, np.ndarray]:
+    def process_batch_at(self, step: int, process_index: int, process_count: int) -> Batch:
         """Rows [i·B/n, (i+1)·B/n) of the global batch of ``step``, computed without the other rows."""
         if process_count < 1 or not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} not in [0, {process_count})")
@@ -79,7 +79,7 @@ class BatchSource:
         rows = self.global_batch // process_count
         return self.rows_at(step, process_index * rows, (process_index + 1) * rows)
 
-    def rows_at(self, step: int, lo: int, hi: int) -> dict[str, np.ndarray]:
+    def rows_at(self, step: int, lo: int, hi: int) -> Batch:
         if step < 0:
             raise ValueError(f"step {step} must be non-negative")
         hash_R = row_hashes(self.seed, step, np.arange(lo, hi, dtype=np.uint64))
@@ -98,7 +98,7 @@ class BatchSource:
                 f"python -m mosaic_jax.prepare_data --verify --out={self.ds.path})"
             )
 
-    def _windows(self, hash_R: np.ndarray) -> dict[str, np.ndarray]:
+    def _windows(self, hash_R: np.ndarray) -> Batch:
         T = self.seq_len
         starts_R = (hash_R % np.uint64(self.ds.num_tokens - T)).astype(np.int64)  # start in [0, N-T-1]
         window_RT1 = np.empty((len(starts_R), T + 1), np.int32)
@@ -106,7 +106,7 @@ class BatchSource:
             window_RT1[r] = self.ds.read(int(s), T + 1)
         return {"inputs": np.ascontiguousarray(window_RT1[:, :-1]), "targets": np.ascontiguousarray(window_RT1[:, 1:])}
 
-    def _packed(self, hash_R: np.ndarray) -> dict[str, np.ndarray]:
+    def _packed(self, hash_R: np.ndarray) -> Batch:
         T, N = self.seq_len, self.ds.num_tokens
         offsets_D1 = self.ds.doc_offsets
         point_R = (hash_R % np.uint64(N)).astype(np.int64)
@@ -130,18 +130,14 @@ class BatchSource:
         seg_RT1 = np.cumsum(new_doc_RT1, axis=1, dtype=np.int32)
         seg_RT1 += 1
         col_T1 = np.arange(T + 1, dtype=np.int32)
-        seg_start_RT1 = np.maximum.accumulate(np.where(new_doc_RT1, col_T1, np.int32(0)), axis=1)
-        positions_RT1 = col_T1 - seg_start_RT1
         valid_RT1 = starts_R[:, None] + col_T1 < N  # past the end of the data: padding
         seg_RT1[~valid_RT1] = 0
-        positions_RT1[~valid_RT1] = 0
         seg_in_RT, seg_out_RT = seg_RT1[:, :-1], seg_RT1[:, 1:]
         same_RT = (seg_in_RT == seg_out_RT) & (seg_in_RT > 0)
         return {
             "inputs": np.ascontiguousarray(window_RT1[:, :-1]),
-            "targets": np.where(same_RT, window_RT1[:, 1:], np.int32(IGNORE_ID)),
+            "targets": np.where(same_RT, window_RT1[:, 1:], np.int32(IGNORE)),
             "segment_ids": np.ascontiguousarray(seg_in_RT),
-            "positions": np.ascontiguousarray(positions_RT1[:, :-1]),
         }
 
 
@@ -164,7 +160,7 @@ class _ProcessBatch:
     def __init__(self, src: BatchSource, process_index: int, process_count: int) -> None:
         self.src, self.process_index, self.process_count = src, process_index, process_count
 
-    def __call__(self, step: int) -> dict[str, np.ndarray]:
+    def __call__(self, step: int) -> Batch:
         return self.src.process_batch_at(step, self.process_index, self.process_count)
 
 

@@ -17,6 +17,7 @@ import shutil
 import uuid
 from typing import Any, Optional
 
+from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
 
 MODELING_FILE = pathlib.Path(__file__).with_name("modeling_mosaic.py")
@@ -50,14 +51,14 @@ def model_card(cfg: ModelConfig, run: dict[str, Any], last: dict[str, dict[str, 
     step = max([r["step"] for r in last.values()], default=0)
     seq = data.get("seq_len") or cfg.block_size
     tokens = step * int(train.get("global_batch", 0)) * int(seq)
-    native = cfg.arch == "gpt2"
+    fam = registry.of(cfg)
+    native = fam.hf_export == "gpt2"
     load = ('AutoModelForCausalLM.from_pretrained("DIR")' if native else
             'AutoModelForCausalLM.from_pretrained("DIR", trust_remote_code=True)')
     lines = [
         "---", "library_name: transformers", "pipeline_tag: text-generation", "tags:", "- memory-mosaics",
         "- mosaic_jax", "---", "",
-        f"# {workdir.name}: {'GPT-2 baseline' if native else 'Memory Mosaic ' + ('v2' if cfg.arch == 'mosaic_v2' else 'v1')}"
-        " trained with mosaic_jax", "",
+        f"# {workdir.name}: {fam.title or fam.name} trained with mosaic_jax", "",
         f"Exported from `{workdir}` by `python -m mosaic_jax.export --format=hf`.",
         "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
         f"model = {load}", f"tok = {load.replace('AutoModelForCausalLM', 'AutoTokenizer')}", "```", "",
@@ -84,11 +85,12 @@ def _write_weights(path: pathlib.Path, sd: dict[str, Any]) -> None:
 def _write_model(cfg: ModelConfig, params: Any, tok: Any, folder: pathlib.Path) -> None:
     from mosaic_jax.hf import weights
     eos = int(tok.eos_id)
-    if cfg.arch == "gpt2":
+    how = registry.of(cfg).hf_export
+    if how == "gpt2":
         from transformers import GPT2Config
         GPT2Config(**weights.gpt2_config_dict(cfg, eos)).save_pretrained(str(folder))
         _write_weights(folder / "model.safetensors", weights.gpt2_state_dict(cfg, params))
-    else:
+    elif how == "remote":
         from mosaic_jax.hf.modeling_mosaic import MosaicConfig
         hf_cfg = MosaicConfig(**weights.mosaic_config_dict(cfg, eos))
         hf_cfg.auto_map = {"AutoConfig": "modeling_mosaic.MosaicConfig",
@@ -97,10 +99,12 @@ def _write_model(cfg: ModelConfig, params: Any, tok: Any, folder: pathlib.Path) 
         hf_cfg.save_pretrained(str(folder))
         shutil.copyfile(MODELING_FILE, folder / MODELING_FILE.name)
         _write_weights(folder / "model.safetensors", weights.mosaic_state_dict(cfg, params))
+    else:
+        raise ExportError(f"arch {cfg.arch!r} has no Hugging Face export (Family.hf_export is empty)")
     from transformers import GenerationConfig
     # no cache for the mosaic's remote code (it recomputes the prefix); the first sampled token follows EOS
     GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, do_sample=False,
-                     use_cache=cfg.arch == "gpt2").save_pretrained(str(folder))
+                     use_cache=how == "gpt2").save_pretrained(str(folder))
 
 
 def export_hf(workdir: str, out: str, *, step: Optional[int] = None, tokenizer: Optional[str] = None,

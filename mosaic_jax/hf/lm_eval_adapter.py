@@ -32,6 +32,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from mosaic_jax.inference import sampling
+from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
 from mosaic_jax.models.lm import apply
 
@@ -57,8 +58,10 @@ class MosaicJaxLM(TemplateLM):
                                                              tokenizer)
         self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
         self.max_length = int(max_length or self.cfg.block_size)
-        if self.cfg.arch == "gpt2" and self.max_length > self.cfg.block_size:
-            raise ValueError(f"max_length={self.max_length} exceeds the GPT-2 run's block_size {self.cfg.block_size}")
+        self.position_limit = registry.of(self.cfg).max_positions(self.cfg)   # None: no position encoding
+        if self.position_limit is not None and self.max_length > self.position_limit:
+            raise ValueError(f"max_length={self.max_length} exceeds the run's block_size {self.position_limit} "
+                             "(learned positions)")
         self.seed = int(seed)
 
     # ---- tokens -------------------------------------------------------------------------------------------
@@ -92,8 +95,8 @@ class MosaicJaxLM(TemplateLM):
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
             T = -(-max(len(rows[i][0]) for i in chunk) // PAD_MULTIPLE) * PAD_MULTIPLE
-            if self.cfg.arch == "gpt2":
-                T = min(T, self.cfg.block_size)
+            if self.position_limit is not None:
+                T = min(T, self.position_limit)
             tokens = np.zeros((self.batch_size, T), np.int32)   # a fixed batch: one compile per length bucket
             targets = np.zeros((self.batch_size, T), np.int32)
             for b, i in enumerate(chunk):
@@ -148,7 +151,7 @@ class MosaicJaxLM(TemplateLM):
         """Continuations cut at the first stop string (EOS ends a row too)."""
         gen: list[list[int]] = [[] for _ in prompts]
         done = [False] * len(prompts)
-        past = "recompute" if self.cfg.arch == "gpt2" else "continue"
+        past = "continue" if self.position_limit is None else "recompute"
         for step in sampling.generate_stream(self.cfg, self.params, prompts, max_new_tokens=max_new, sampling=sc,
                                              seed=self.seed, eos_id=self.eot_token_id, past_window=past,
                                              vocab_limit=self.tok.vocab_size):

@@ -95,7 +95,7 @@ def mosaic_config_dict(cfg: ModelConfig, eos_id: int) -> dict[str, Any]:
             "n_embd": cfg.n_embd, "block_size": cfg.block_size, "pmem_size": cfg.pmem_size,
             "pmem_count": cfg.pmem_count, "k_kernel_size": cfg.k_kernel_size, "bias": cfg.bias,
             "weight_tying": cfg.weight_tying, "n_head_short": cfg.short_heads, "n_head_long": cfg.long_heads,
-            "short_lookback": cfg.short_lookback if cfg.arch == "mosaic_v2" else 0,
+            "short_lookback": cfg.short_lookback,   # read by the v2 blocks only
             "long_skip_eval": cfg.long_skip_eval, "ffn_dim": cfg.ffn_dim,
             "bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id}
 

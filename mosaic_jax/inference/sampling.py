@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mosaic_jax.inference import decode
+from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
 
 Array = jax.Array
@@ -101,9 +102,10 @@ def generate_stream(cfg: ModelConfig, params: Any, prompts: Sequence[Sequence[in
     seqs = [list(map(int, p)) for p in prompts]
     B, longest = len(seqs), max(len(p) for p in prompts)
     need = longest + max_new_tokens - 1          # the last sampled token is never fed back
-    if past_window == "continue" and cfg.arch == "gpt2" and need > W:
-        raise ValueError(f"GPT-2 baseline: {need} positions exceed block_size {W} (learned positions); "
-                         "use past_window='recompute'")
+    limit = registry.of(cfg).max_positions(cfg)
+    if past_window == "continue" and limit is not None and need > limit:
+        raise ValueError(f"{registry.of(cfg).title}: {need} positions exceed block_size {limit} (learned "
+                         "positions); use past_window='recompute'")
     if past_window == "recompute":
         S = min(max_len or need, W)
     else:

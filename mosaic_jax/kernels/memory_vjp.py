@@ -1,4 +1,4 @@
-"""Hand-written VJPs (`jax.custom_vjp`) for the memory reads (the head, projections and leaky scan: fused.py).
+"""Hand-written VJPs (`jax.custom_vjp`) for the memory reads (the head, projections and leaky scan: dense_vjp.py).
 
 Each function computes exactly what its plain counterpart computes (`memory.persistent_retrieval`,
 `memory.contextual_retrieval`) and is selected by a config switch (`ModelConfig.pmem_impl`, `cmem_impl`);

@@ -1,4 +1,6 @@
-"""Model configuration: one frozen (hashable) dataclass shared by the memory mosaic and the GPT-2 baseline.
+"""Model configuration: one frozen (hashable) dataclass shared by every model family (models/registry.py).
+
+The defaults are the paper's 12-layer BabiStories memory mosaic (`ModelConfig()`; `arch="gpt2"` for its baseline).
 
 Field names follow the official PyTorch reference (`model_args` in its checkpoints), so a reference
 checkpoint maps onto a config without renaming.
@@ -6,15 +8,15 @@ checkpoint maps onto a config without renaming.
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Literal, Mapping
+from typing import Any, Mapping
 
-Arch = Literal["mosaic", "gpt2", "mosaic_v2"]
+Arch = str   # a registered family: "mosaic", "gpt2", "mosaic_v2", or a plug-in's name (models/registry.py)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     arch: Arch = "mosaic"
+    family_module: str = ""        # module that registers a plug-in family `arch` (imported on first use)
     vocab_size: int = 50304
     n_layer: int = 12
     n_head: int = 12
@@ -53,19 +55,10 @@ class ModelConfig:
     v2_key_impl: str = "auto"      # gated key recurrence: "scan" | "matrix" | "auto"
 
     def __post_init__(self) -> None:
-        if self.arch not in ("mosaic", "gpt2", "mosaic_v2"):
-            raise ValueError(f"ModelConfig.arch must be 'mosaic', 'gpt2' or 'mosaic_v2', got {self.arch!r}")
-        if self.arch == "mosaic_v2":
-            self._check_v2()
+        from mosaic_jax.models import registry   # here: the families import this module
+        registry.of(self).validate(self)
         if self.n_embd % self.n_head:
             raise ValueError(f"ModelConfig.n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        if self.arch == "mosaic":
-            if self.v_shift != 1:
-                raise ValueError(f"ModelConfig.v_shift={self.v_shift}: only 1 is supported (the reference's value)")
-            if self.v_kernel_size != 2:
-                raise ValueError(f"ModelConfig.v_kernel_size={self.v_kernel_size}: lowrlinearconv needs 2")
-            if self.k_kernel_size < 1:
-                raise ValueError(f"ModelConfig.k_kernel_size={self.k_kernel_size} must be >= 1")
         for name, allowed in (("leaky_impl", ("auto", "matrix", "scan", "chunked")),
                               ("cmem_impl", ("auto", "dense", "flash", "fused", "pallas")),
                               ("pmem_impl", ("auto", "dense", "flash", "fused", "pallas")),
@@ -79,33 +72,6 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
-
-    def _check_v2(self) -> None:
-        for name in ("n_head_short", "n_head_long"):
-            if getattr(self, name) < -1:
-                raise ValueError(f"ModelConfig.{name}={getattr(self, name)}: must be -1 (n_head), 0 (off) or > 0")
-        if self.short_heads + self.long_heads == 0:
-            raise ValueError("ModelConfig.n_head_short=0 and n_head_long=0: v2 needs at least one contextual memory")
-        if self.short_oldest not in ("t-h+1", "t-h"):
-            raise ValueError(f"ModelConfig.short_oldest={self.short_oldest!r} not in ('t-h+1', 't-h')")
-        if self.short_lookback < 1:
-            raise ValueError(f"ModelConfig.short_window={self.short_window}: the short-term memory must hold at "
-                             "least one pair (short_window >= 2, or >= 1 with short_oldest='t-h')")
-        if not 1 <= self.long_skip_min <= self.long_skip_max:
-            raise ValueError(f"ModelConfig.long_skip_min={self.long_skip_min}, long_skip_max={self.long_skip_max}: "
-                             "need 1 <= long_skip_min <= long_skip_max (a skip of 0 would read the current pair)")
-        if self.long_skip_eval < 1:
-            raise ValueError(f"ModelConfig.long_skip_eval={self.long_skip_eval} must be >= 1")
-        if self.ffn_hidden < 0:
-            raise ValueError(f"ModelConfig.ffn_hidden={self.ffn_hidden} must be >= 0 (0: 3 * n_embd)")
-        if self.bias:
-            raise ValueError("ModelConfig.bias=True is not supported by arch='mosaic_v2' (v2 has no biases)")
-        if not self.pre_ln:
-            raise ValueError("ModelConfig.pre_ln=False is not supported by arch='mosaic_v2'")
-        for name, allowed in (("v2_impl", ("auto", "dense", "flash", "blockwise", "pallas")),
-                              ("v2_key_impl", ("auto", "scan", "matrix"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r} not in {allowed}")
 
     @property
     def short_heads(self) -> int:
@@ -126,8 +92,9 @@ class ModelConfig:
 
     @property
     def logit_divisor(self) -> float:
-        """The v1 mosaic divides its (tied) head's logits by √C, as the reference does; the others by 1."""
-        return math.sqrt(self.n_embd) if self.arch == "mosaic" else 1.0
+        """What the family divides the logits by (the v1 mosaic: √C, as the reference does; the others: 1)."""
+        from mosaic_jax.models import registry
+        return registry.of(self).logit_divisor(self)
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -144,7 +111,3 @@ class ModelConfig:
             raise ValueError(f"unknown ModelConfig fields: {unknown}")
         return cls(**{k: v for k, v in d.items() if k in names})
 
-
-# Sizes from the paper and the reference scripts.
-PAPER_MOSAIC_12L = ModelConfig()
-PAPER_GPT2_12L = ModelConfig(arch="gpt2")

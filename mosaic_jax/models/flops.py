@@ -16,7 +16,7 @@ P slots per head and N slot tables:
       qkv 6C², out 2C², MLP 16C², scores 2TC, A·v 2TC
   both: tied head 2CV. (Input embedding lookups are gathers: 0 FLOPs.)
 With P = 3.5C, K = N = 1 the two have identical FLOPs and parameters per layer.
-  memory mosaic v2: `v2_counts.forward_flops_per_token` (projections, SwiGLU FFN, head, and the memory reads
+  memory mosaic v2: `models/mosaic_v2/counts.forward_flops_per_token` (projections, SwiGLU FFN, head, and the memory reads
       over the pairs each query actually reads: a short window and a long memory past the skip, averaged over
       positions, as the v2 paper counts them; `causal_halving` does not apply).
 """
@@ -31,7 +31,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from mosaic_jax.models.mosaic_v2 import counts as v2_counts
+from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
 
 FORMULA_VERSION = "v1: 3x forward matmul FLOPs, no causal halving, remat excluded"
@@ -53,17 +53,9 @@ PEAK_FLOPS: tuple[tuple[str, float], ...] = (
 
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int, causal_halving: bool = False) -> float:
-    """Matmul FLOPs of one forward pass, per token, at context length `seq_len` (see the module docstring)."""
-    L, C, V, T = cfg.n_layer, cfg.n_embd, cfg.vocab_size, seq_len
-    if cfg.arch == "mosaic_v2":
-        return v2_counts.forward_flops_per_token(cfg, T)["total"]
-    context = 4 * T * C * (0.5 if causal_halving else 1.0)
-    if cfg.arch == "mosaic":
-        K, N, P = cfg.k_kernel_size, cfg.pmem_count, cfg.pmem_size
-        per_layer = (6 + 4 * K) * C * C + 4 * N * P * C + context
-    else:
-        per_layer = 24 * C * C + context
-    return float(L * per_layer + 2 * C * V)
+    """Matmul FLOPs of one forward pass, per token, at context length `seq_len` (the family's own count; the
+    module docstring gives the formulas of the built-in families)."""
+    return float(registry.of(cfg).forward_flops_per_token(cfg, seq_len, causal_halving))
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int, causal_halving: bool = False) -> float:

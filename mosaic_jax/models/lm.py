@@ -1,6 +1,7 @@
-"""The language model: token embedding → L stacked blocks (memory mosaic or GPT-2) → LayerNorm → tied head.
+"""The language model: token embedding → L stacked blocks of the config's family → LayerNorm → tied head.
 
-The memory mosaic has no position encoding and scales its logits by 1/√C, as the reference does. Layers are
+What differs between families (the block, init scales, positions, the logit scale: v1 divides by √C as the
+reference does) comes from `registry.of(cfg)`; this module never looks at the architecture name. Layers are
 stacked (leading `layers` axis) and run under `lax.scan` (or unrolled), optionally rematerialised.
 
 Pure-function API:
@@ -11,7 +12,6 @@ Pure-function API:
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -20,13 +20,12 @@ import jax.numpy as jnp
 
 from mosaic_jax.kernels import dense_vjp, platform
 from mosaic_jax.models.config import ModelConfig
-from mosaic_jax.models.gpt2.layers import GPT2_STD, GPT2Block
-from mosaic_jax.models.mosaic.layers import DEFAULT_FNS, LayerNorm, MemoryFns, MosaicBlock, normal, param
-from mosaic_jax.models.mosaic_v2.layers import V2Block, trunc_normal
+from mosaic_jax.data.batch import IGNORE
+from mosaic_jax.models import registry
+from mosaic_jax.models.mosaic.layers import DEFAULT_FNS, LayerNorm, MemoryFns, param
 
 Array = jax.Array
 Params = Any
-IGNORE_INDEX = -1
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -35,20 +34,16 @@ REMAT_POLICIES = {
 
 
 class _Layer(nn.Module):
-    """One block in the scan convention: (carry, broadcast inputs) -> (carry, None)."""
+    """One block in the scan convention: (carry, broadcast inputs) -> (carry, None); the family runs the block."""
     cfg: ModelConfig
     fns: MemoryFns
     deterministic: bool
 
     @nn.compact
-    def __call__(self, x_BTC: Array, segment_ids_BT: Optional[Array], long_skip_B: Optional[Array] = None,
+    def __call__(self, x_BTC: Array, segment_ids_BT: Optional[Array], extras: Any = None,
                  layer_idx: Optional[Array] = None) -> tuple[Array, None]:
-        if self.cfg.arch == "mosaic_v2":   # the block index (scanned input) sets v2's per-depth init scale
-            return V2Block(self.cfg, name="mosaic_v2")(x_BTC, layer_idx, segment_ids_BT, long_skip_B,
-                                                       self.deterministic), None
-        if self.cfg.arch == "mosaic":
-            return MosaicBlock(self.cfg, self.fns, name="mosaic")(x_BTC, self.deterministic), None
-        return GPT2Block(self.cfg, name="gpt2")(x_BTC, self.deterministic, segment_ids_BT), None
+        inputs = registry.BlockInputs(segment_ids_BT, extras, layer_idx, self.deterministic)
+        return registry.of(self.cfg).run_block(self.cfg, self.fns, x_BTC, inputs), None
 
 
 class LanguageModel(nn.Module):
@@ -59,29 +54,11 @@ class LanguageModel(nn.Module):
     def __call__(self, tokens_BT: Array, deterministic: bool = True,
                  segment_ids_BT: Optional[Array] = None, features: bool = False) -> Array:
         c = self.cfg
+        fam = registry.of(c)
         dt = jnp.dtype(c.dtype)
-        V, C, T = c.vocab_size, c.n_embd, tokens_BT.shape[1]
-        mosaic = c.arch == "mosaic"
-        if mosaic and segment_ids_BT is not None:
-            raise NotImplementedError("document masking for the v1 memory mosaic is not supported (the reference "
-                                      "reads across documents); pass segment_ids_BT=None")
-        # The reference ties emb to a Linear head initialised after it: the shared table is N(0, 1/√C).
-        head_std = 1 / math.sqrt(C) if mosaic else GPT2_STD
-        emb_std = head_std if (c.weight_tying or not mosaic) else 1.0
-        v2 = c.arch == "mosaic_v2"   # v2 Table 6: embedding and classifier trunc. normal, σ = 1/√(2C); no logit scale
-        v2_init = trunc_normal(1 / math.sqrt(2 * C))
-        embed = param(self, "embed", v2_init if v2 else normal(emb_std), (V, C), ("vocab", "embed"))
+        embed = param(self, "embed", fam.embed_init(c), (c.vocab_size, c.n_embd), ("vocab", "embed"))
         x = jnp.take(embed, tokens_BT, axis=0).astype(dt)
-        long_skip_B = None
-        if v2:   # long-term skip m: one draw per sequence from the 'dropout' stream when training, fixed in eval
-            B = tokens_BT.shape[0]
-            long_skip_B = (jnp.full((B,), c.long_skip_eval, jnp.int32) if deterministic else
-                           jax.random.randint(self.make_rng("dropout"), (B,), c.long_skip_min, c.long_skip_max + 1))
-        if c.arch == "gpt2":
-            if T > c.block_size:
-                raise ValueError(f"GPT-2 baseline: sequence length {T} exceeds block_size {c.block_size}")
-            wpe = param(self, "pos_embed", normal(GPT2_STD), (c.block_size, C), ("positions", "embed"))
-            x = x + wpe[:T].astype(dt)[None]
+        x, extras = fam.prepare(self, c, x, segment_ids_BT, deterministic)
 
         layer = _Layer
         if c.remat != "none":
@@ -90,16 +67,16 @@ class LanguageModel(nn.Module):
                         in_axes=(nn.broadcast, nn.broadcast, 0), length=c.n_layer,
                         unroll=1 if c.scan_layers else c.n_layer,
                         metadata_params={nn.PARTITION_NAME: "layers"})
-        x, _ = stack(c, self.fns, deterministic, name="blocks")(x, segment_ids_BT, long_skip_B,
+        x, _ = stack(c, self.fns, deterministic, name="blocks")(x, segment_ids_BT, extras,
                                                                 jnp.arange(c.n_layer, dtype=jnp.int32))
 
         x = LayerNorm(c, name="ln_out")(x)
         if features:   # the final hidden states, for a fused head + loss (loss_sum)
             return x
-        head = embed if c.weight_tying else param(self, "head", v2_init if v2 else normal(head_std), (V, C),
+        head = embed if c.weight_tying else param(self, "head", fam.head_init(c), (c.vocab_size, c.n_embd),
                                                   ("vocab", "embed"))
         logits = jnp.einsum("btc,vc->btv", x, head.astype(dt)).astype(jnp.float32)
-        return logits / c.logit_divisor
+        return logits / fam.logit_divisor(c)
 
 
 def build_model(cfg: ModelConfig, fns: MemoryFns = DEFAULT_FNS) -> LanguageModel:
@@ -134,9 +111,9 @@ def apply(cfg: ModelConfig, params: Params, tokens_BT: Array, *, rng: Optional[A
 
 
 def cross_entropy(logits_BTV: Array, targets_BT: Array) -> tuple[Array, Array]:
-    """(sum of token losses, number of counted tokens); targets equal to IGNORE_INDEX are skipped."""
+    """(sum of token losses, number of counted tokens); targets equal to IGNORE are skipped."""
     logits = logits_BTV.astype(jnp.float32)
-    valid = targets_BT != IGNORE_INDEX
+    valid = targets_BT != IGNORE
     lse = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, jnp.where(valid, targets_BT, 0)[..., None], axis=-1)[..., 0]
     return jnp.sum(jnp.where(valid, lse - picked, 0.0)), jnp.sum(valid)
@@ -160,11 +137,11 @@ def loss_sum(cfg: ModelConfig, params: Params, tokens_BT: Array, targets_BT: Arr
     x_BTC = build_model(cfg, fns).apply({"params": params}, jnp.asarray(tokens_BT), rng is None, segment_ids_BT,
                                         True, rngs=rngs)
     head_VC = params["embed"] if cfg.weight_tying else params["head"]
-    scale = 1 / cfg.logit_divisor
+    scale = 1 / registry.of(cfg).logit_divisor(cfg)
     B, T, C = x_BTC.shape
     targets_M = jnp.asarray(targets_BT).reshape(B * T)
     total = dense_vjp.head_cross_entropy(x_BTC.reshape(B * T, C), head_VC, targets_M, scale)
-    return total, jnp.sum(targets_M != IGNORE_INDEX)
+    return total, jnp.sum(targets_M != IGNORE)
 
 
 def loss_fn(cfg: ModelConfig, params: Params, tokens_BT: Array, targets_BT: Array, *,

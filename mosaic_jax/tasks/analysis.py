@@ -10,14 +10,13 @@ For GPT-2 it is the causal softmax(q·k/√D) (diagonal included). Rows sum to o
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from mosaic_jax.inference import decode
-from mosaic_jax.ops import memory
+from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
 from mosaic_jax.models.lm import apply
 
@@ -43,17 +42,11 @@ def mean_by_position(losses_NT: Array, valid_NT: Array) -> tuple[Array, Array]:
 def attention_maps(cfg: ModelConfig, params: Any, tokens_BT: Array) -> Array:
     """Read weights of every layer and head: (L, B, H, T, T) float32 (see the module docstring)."""
     _, internals = decode.forward_with_internals(cfg, params, tokens_BT)
-    T = tokens_BT.shape[1]
-    maps = []
-    for st in internals:
-        if cfg.arch == "mosaic":
-            scores = memory.dot_kernel(st["keys"], st["keys"])
-            maps.append(memory.masked_softmax(scores, memory.strict_causal_mask(T)))
-        else:
-            q, k = st["q"], st["k"]
-            scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-            maps.append(memory.masked_softmax(scores, memory.strict_causal_mask(T, shift=0)))
-    return jnp.stack(maps)
+    fam = registry.of(cfg)
+    if fam.layer_decoder is None:
+        raise ValueError(f"arch {cfg.arch!r}: attention maps need the family's layer decoder (Family.layer_decoder)")
+    read_weights = fam.layer_decoder.read_weights
+    return jnp.stack([read_weights(st) for st in internals])
 
 
 def attention_map(cfg: ModelConfig, params: Any, tokens_T: Array, layer: int, head: int) -> Array:

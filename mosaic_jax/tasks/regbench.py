@@ -28,6 +28,8 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from mosaic_jax.data.batch import IGNORE
+
 SYMBOLS = tuple("abcdefghijklmnopqr")            # vocab_size − 2 = 18 ordinary symbols
 SEP, PAD = "|", "."
 VOCAB = tuple(sorted(SYMBOLS + (SEP, PAD)))      # ('.', 'a', ..., 'r', '|')
@@ -35,7 +37,6 @@ TOKEN_ID = {s: i for i, s in enumerate(VOCAB)}
 SEP_ID, PAD_ID = TOKEN_ID[SEP], TOKEN_ID[PAD]
 SYMBOL_IDS = np.array([TOKEN_ID[s] for s in SYMBOLS])
 VOCAB_SIZE = len(VOCAB)                           # 20
-IGNORE = -1                                       # mosaic_jax.models.lm.IGNORE_INDEX
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ cluster time is spent.
 With --topology the model is traced for a TPU (`platform.target("tpu")`): its `auto` switches pick the TPU
 paths, the Pallas kernels included, which Mosaic compiles.
 
-What is compiled is `train_step.jit_train_step(make_train_step(...))`, the function `mosaic_jax.train` runs,
+What is compiled is `training.setup.build(...).train_step`, the function `mosaic_jax.train` runs,
 lowered on abstract inputs (`jax.ShapeDtypeStruct`s carrying the mesh's shardings): nothing is allocated, so a
 123M-parameter model on a 64-device mesh checks on a laptop. The report gives, per device:
 
@@ -155,9 +155,8 @@ def analyze(config: Any, mesh_shape: tuple[int, int, int], devices: Sequence[Any
     """Lower and compile the training step for `mesh_shape` over `devices`; the memory report as a dict."""
     import jax
 
-    from mosaic_jax.models import lm
     from mosaic_jax.parallel import sharding
-    from mosaic_jax.training import optim, run_config, train_state, train_step
+    from mosaic_jax.training import run_config, setup
 
     try:
         mesh = sharding.make_mesh(*mesh_shape, devices=devices)
@@ -165,16 +164,12 @@ def analyze(config: Any, mesh_shape: tuple[int, int, int], devices: Sequence[Any
         raise AotError(str(e)) from None
     rc = run_config.resolve(config, vocab_size, sharding.data_parallel_size(mesh), 1)
     cfg, t, d = rc.model, rc.cfg.train, rc.cfg.data
-    tx = optim.make_optimizer(rc.optim, optim.decay_mask(lm.param_axes(cfg)))
-    shardings = train_state.state_shardings(cfg, tx, mesh)
-    state = train_state.with_shardings(train_state.abstract_state(cfg, tx), shardings)
+    su = setup.build(cfg, rc.optim, mesh, microbatches=t.microbatches, dropout=t.dropout)
+    state = su.abstract_state
     rows_sh = sharding.batch_sharding(mesh)
-    keys = ("inputs", "targets", "segment_ids", "positions") if d.packing else ("inputs", "targets")
+    keys = ("inputs", "targets", "segment_ids") if d.packing else ("inputs", "targets")
     batch = {k: jax.ShapeDtypeStruct((t.global_batch, d.seq_len), jax.numpy.int32, sharding=rows_sh) for k in keys}
-    step = train_step.jit_train_step(
-        train_step.make_train_step(cfg, tx, optim.lr_schedule(rc.optim), microbatches=t.microbatches,
-                                   dropout=t.dropout, mesh=mesh, param_shardings=shardings.params),
-        shardings, mesh)
+    step = su.train_step
     params_dev, params_all = _per_device_bytes(state.params)
     opt_dev, opt_all = _per_device_bytes(state.opt_state)
     batch_dev, _ = _per_device_bytes(batch)

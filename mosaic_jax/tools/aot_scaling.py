@@ -40,10 +40,8 @@ def with_path(config: Any, seq_len: int, impl: str) -> Any:
     c.data.seq_len = seq_len
     c.model.block_size = seq_len
     for field, value in IMPLS[impl].items():
-        if field == "v2_impl" and c.model.arch != "mosaic_v2":
-            continue
-        c.model[field] = value
-    if impl == "pallas" and c.model.arch == "mosaic_v2":
+        c.model[field] = value      # a family ignores the switches it does not read (v2_impl outside v2)
+    if impl == "pallas":
         c.data.packing = False      # the kernels have no document masks (with packing `auto` runs blockwise)
     return c
 

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from absl import flags
 
 from mosaic_jax import cli_util
-from mosaic_jax.models import flops, lm
+from mosaic_jax.models import flops, lm, registry
 from mosaic_jax.tools import bench_report, hostinfo
 from mosaic_jax.training import optim, train_state, train_step
 from mosaic_jax.models.config import ModelConfig
@@ -71,12 +71,13 @@ def device_name() -> str:
     return hostinfo.device_fields()["device"]
 
 
-def model_config(arch: str, size: str, seq: int, dtype: str, impl: str, dropout: float, remat: str) -> ModelConfig:
+def model_config(arch: str, size: str, seq: int, dtype: str, impl: str, dropout: float, remat: str,
+                 family_module: str = "") -> ModelConfig:
     """impl: "fast" (the config's defaults: every "auto" switch) or "plain" (all dense), optionally followed by
     config overrides "+field=value" (e.g. "fast+scan_layers=False+pmem_impl=dense")."""
     L, C, H, P, V = SIZES[size]
-    cfg = ModelConfig(arch=arch, n_layer=L, n_embd=C, n_head=H, pmem_size=P, vocab_size=V, block_size=seq,
-                      dtype=dtype, ic_dropout=dropout, hd_dropout=dropout, remat=remat)
+    cfg = ModelConfig(arch=arch, family_module=family_module, n_layer=L, n_embd=C, n_head=H, pmem_size=P,
+                      vocab_size=V, block_size=seq, dtype=dtype, ic_dropout=dropout, hd_dropout=dropout, remat=remat)
     base, *overrides = impl.split("+")
     if base not in ("fast", "plain"):
         raise ValueError(f"--impl {impl!r}: must start with 'fast' or 'plain'")
@@ -222,7 +223,10 @@ def finish(v: Variant, peak: tuple[Optional[float], str], load: dict[str, list[f
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_bool("smoke", False, "CI smoke test: tiny model, 2 rounds, train + decode.", flag_values=FLAGS)
-flags.DEFINE_string("arch", "mosaic,gpt2", "Comma list: mosaic, gpt2.", flag_values=FLAGS)
+flags.DEFINE_string("arch", "mosaic,gpt2", "Comma list of model families: mosaic, gpt2, mosaic_v2, or a plug-in's "
+                    "(with --family_module).", flag_values=FLAGS)
+flags.DEFINE_string("family_module", "", "Module that registers a plug-in family named in --arch "
+                    "(docs/extending.md).", flag_values=FLAGS)
 flags.DEFINE_string("size", "cpu", f"Comma list of {sorted(SIZES)}.", flag_values=FLAGS)
 flags.DEFINE_string("seq", "256", "Comma list of sequence lengths.", flag_values=FLAGS)
 flags.DEFINE_integer("batch", 8, "Rows per step.", flag_values=FLAGS)
@@ -266,11 +270,13 @@ def parse(argv: Optional[Sequence[str]]) -> types.SimpleNamespace:
     return a
 
 
-CHOICES = {"arch": ("mosaic", "gpt2"), "dtype": ("float32", "bfloat16"), "torch": tuple(TORCH_MODES)}
+CHOICES = {"dtype": ("float32", "bfloat16"), "torch": tuple(TORCH_MODES)}
 
 
 def check_args(a: Any) -> None:
     """Every comma-list value is one the harness knows, so a typo fails now, not after minutes of compiling."""
+    for x in filter(None, a.arch.split(",")):
+        registry.get(x, a.family_module)   # raises, naming the known families
     for name, allowed in CHOICES.items() | {("size", tuple(SIZES))}:
         for x in getattr(a, name).split(","):
             if x and x not in allowed:
@@ -296,11 +302,11 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
             for arch in lists["arch"]:
                 for dtype in lists["dtype"]:
                     for impl in lists["impl"]:
-                        cfg = model_config(arch, size, seq, dtype, impl, a.dropout, a.remat)
+                        cfg = model_config(arch, size, seq, dtype, impl, a.dropout, a.remat, a.family_module)
                         base = dev | {"arch": arch, "size": size, "T": seq, "B": a.batch, "dtype": dtype,
                                       "impl": impl, "remat": a.remat, "dropout": a.dropout,
                                       "L": cfg.n_layer, "C": cfg.n_embd, "H": cfg.n_head, "V": cfg.vocab_size,
-                                      "P": cfg.pmem_size if arch == "mosaic" else None}
+                                      "P": None} | registry.of(cfg).describe(cfg)
                         t0 = time.perf_counter()
                         v = train_variant(cfg, a.batch, seq, a.warmup)
                         print(f"[bench] set up {arch} {size} T{seq} {dtype} {impl}: compiled and warmed in "

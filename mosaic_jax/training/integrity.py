@@ -34,6 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mosaic_jax.models import registry
+from mosaic_jax.models.config import ModelConfig
+
 ALGORITHM = "u32-weighted-sum-x2"
 _SEEDS = (0x9E3779B9, 0x7F4A7C15)
 
@@ -185,14 +188,23 @@ def config_differences(saved: Mapping[str, Any], requested: Mapping[str, Any]) -
     for name in MODEL_FIELDS:
         if name in sm and name in rm and sm[name] != rm[name]:
             out.append(f"model.{name}: saved {sm[name]!r}, requested {rm[name]!r}")
-    if sm.get("arch") == rm.get("arch") == "gpt2" and sm.get("block_size") != rm.get("block_size"):
+    if sm.get("arch") == rm.get("arch") and sm.get("block_size") != rm.get("block_size") and _has_positions(rm):
         out.append(f"model.block_size: saved {sm.get('block_size')!r}, requested {rm.get('block_size')!r} "
-                   "(GPT-2's learned positions)")
+                   "(learned positions)")
     st, rt = saved.get("train", {}), requested.get("train", {})
     if "grad_clip" in st and "grad_clip" in rt and (st["grad_clip"] > 0) != (rt["grad_clip"] > 0):
         out.append(f"train.grad_clip: saved {st['grad_clip']!r}, requested {rt['grad_clip']!r} "
                    "(clipping on/off changes the optimizer state)")
     return out
+
+
+def _has_positions(model: Mapping[str, Any]) -> bool:
+    """Whether the family of a resolved model config has a learned position table (sized by block_size)."""
+    try:
+        cfg = ModelConfig.from_dict(model)
+        return registry.of(cfg).max_positions(cfg) is not None
+    except (TypeError, ValueError):
+        return False
 
 
 def _path(keys: tuple) -> str:

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import ml_collections
 
+from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
 from mosaic_jax.training.optim import OptimConfig
 
@@ -98,11 +99,13 @@ def resolve(cfg: ml_collections.ConfigDict, data_vocab_size: Optional[int] = Non
     if d.seq_len == 0:
         d.seq_len = model_cfg.block_size
     _require(d.seq_len > 0, "data.seq_len", d.seq_len, "must be positive")
-    if model_cfg.arch == "gpt2":
-        _require(d.seq_len <= model_cfg.block_size, "data.seq_len", d.seq_len,
-                 f"exceeds model.block_size={model_cfg.block_size} (GPT-2 has learned positions)")
-    _require(not (d.packing and model_cfg.arch == "mosaic"), "data.packing", d.packing,
-             "document masking is not supported by the v1 memory mosaic (it reads across documents)")
+    fam = registry.of(model_cfg)
+    limit = fam.max_positions(model_cfg)
+    if limit is not None:
+        _require(d.seq_len <= limit, "data.seq_len", d.seq_len,
+                 f"exceeds model.block_size={limit} ({fam.title or fam.name} has learned positions)")
+    _require(not (d.packing and not fam.document_masking), "data.packing", d.packing,
+             f"document masking is not supported by {fam.title or fam.name} (it reads across documents)")
 
     for name in ("steps", "global_batch", "microbatches", "checkpoint_every", "keep_checkpoints", "log_every"):
         _require(int(t[name]) > 0, f"train.{name}", t[name], "must be positive")

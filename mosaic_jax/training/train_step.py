@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mosaic_jax.data.batch import Batch
 from mosaic_jax.models import lm
 from mosaic_jax.parallel import sharding
 from mosaic_jax.models.config import ModelConfig
@@ -25,7 +26,6 @@ from mosaic_jax.models.mosaic.layers import DEFAULT_FNS, MemoryFns
 from mosaic_jax.training.train_state import TrainState
 
 Array = jax.Array
-Batch = Mapping[str, Array]   # "inputs" (B,T) int32, "targets" (B,T) int32 (-1 = ignore), optional "segment_ids"
 Metrics = dict[str, Array]
 StepFn = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
 

@@ -3,7 +3,7 @@ layout. Each equals its dense form (`memory.contextual_retrieval`, `memory.persi
 `memory_v2.retrieve_dense` with the short or long mask) in value and gradient; tests/test_pallas.py checks it
 in interpret mode.
 
-Dropout uses the counter hash of `pallas.dropout` with the row ids of the fused CPU kernels (kernels.py), so
+Dropout uses the counter hash of `pallas.dropout` with the row ids of the fused CPU kernels (kernels/memory_vjp.py), so
 `contextual_read` / `persistent_read` draw exactly the fused reads' masks for the same seed.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """GPT-2 baseline block (nanoGPT-equivalent): causal self-attention and a tanh-GELU MLP of 4C, pre-LN.
 
 Initialisation is nanoGPT's: N(0, 0.02) and c_proj N(0, 0.02/√(2L)). The language-model wrapper (embedding,
-learned positions, tied head) is shared with the memory mosaic in `model.py`.
+learned positions, tied head) is shared with the memory mosaic in `models/lm.py`.
 """
 from __future__ import annotations
 

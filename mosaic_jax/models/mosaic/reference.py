@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 import numpy as np
 
+from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
 
 StateDict = dict[str, np.ndarray]
@@ -38,14 +39,19 @@ def _same(x: np.ndarray) -> np.ndarray:
 
 
 def _entries(cfg: ModelConfig) -> Iterator[Entry]:
+    fam = registry.of(cfg)
+    if fam.reference_entries is None:
+        raise ReferenceFormatError(f"arch {cfg.arch!r} has no official PyTorch checkpoint format")
+    return fam.reference_entries(cfg)
+
+
+def mosaic_entries(cfg: ModelConfig) -> Iterator[Entry]:
+    """The v1 reference's state_dict (facebookresearch/MemoryMosaics `Library/`)."""
     C, H, D, K, P, V = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.k_kernel_size, cfg.pmem_size, cfg.vocab_size
     lin_in = (lambda w: w.T.reshape(C, H, D), lambda w: w.reshape(C, C).T)            # (out,in) -> (C,H,D)
     lin_out = (lambda w: w.T.reshape(H, D, C), lambda w: w.reshape(C, C).T)           # (out,in) -> (H,D,C)
     conv = (lambda w: w.transpose(2, 1, 0).reshape(K, C, H, D), lambda w: w.reshape(K, C, C).transpose(2, 1, 0))
     vec_hd = (lambda b: b.reshape(H, D), lambda b: b.reshape(C))
-    if cfg.arch == "gpt2":
-        yield from _gpt2_entries(cfg)
-        return
     yield "emb.weight", ("embed",), (V, C), _same, _same
     for layer in range(cfg.n_layer):  # in the reference's state_dict order
         r, j = f"blocks.{layer}.", ("blocks", "mosaic")
@@ -77,7 +83,7 @@ def _entries(cfg: ModelConfig) -> Iterator[Entry]:
     yield "head.weight", ("head",) if not cfg.weight_tying else ("embed",), (V, C), _same, _same
 
 
-def _gpt2_entries(cfg: ModelConfig) -> Iterator[Entry]:
+def gpt2_entries(cfg: ModelConfig) -> Iterator[Entry]:
     C, H, D, V = cfg.n_embd, cfg.n_head, cfg.head_dim, cfg.vocab_size
     yield "transformer.wte.weight", ("embed",), (V, C), _same, _same
     yield "transformer.wpe.weight", ("pos_embed",), (cfg.block_size, C), _same, _same
@@ -321,7 +327,7 @@ def export_reference(cfg: ModelConfig, params: Mapping[str, Any], path: Union[st
         np.savez(tmp, config=np.array(config_json), **{f"sd/{k}": v for k, v in sd.items()})
     elif ext == ".safetensors":
         from safetensors.numpy import save_file
-        tied = cfg.weight_tying and cfg.arch == "mosaic"
+        tied = cfg.weight_tying   # the v1 state_dict names both emb.weight and head.weight
         save_file({k: v.copy() if (tied and k == "head.weight") else v for k, v in sd.items()}, tmp,
                   metadata={"config": config_json})
     else:

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from mosaic_jax.ops import memory, memory_v2
+from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
 from mosaic_jax.models.mosaic_v2.layers import block_forward
 
@@ -42,8 +43,8 @@ def _slots(cfg: ModelConfig, kind: str, max_len: int) -> int:
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> Cache:
     """Empty caches for `batch` rows and up to `max_len` positions (prompt included)."""
-    if cfg.arch != "mosaic_v2":
-        raise ValueError(f"decode_v2 serves arch='mosaic_v2', got {cfg.arch!r} (use mosaic_jax.inference.decode)")
+    if registry.of(cfg).decoder != __name__:
+        raise ValueError(f"this decoder serves Memory Mosaics v2, not arch {cfg.arch!r} (use registry.decoder(cfg))")
     L, D = cfg.n_layer, cfg.head_dim
     dt = jnp.dtype(cfg.dtype)
     cache: Cache = {"pos": jnp.zeros((batch,), jnp.int32)}

@@ -6,7 +6,7 @@ Block l (pre-LN, LayerNorm weight-only as in v1):
 
 Initialisation (v2 Table 6): truncated normal at ±3σ with σ = 1/√(2d(l+1)) for W_φ (wk), W_g (wg), W_λ (wl),
 W_ψ (wv), W_o, W₁, W₃ and σ = 1/√(2d′(l+1)) for W₂, where l is the 0-based block index. The block index
-arrives as a scanned input of the layer scan (model.py), so one stacked parameter tensor holds every depth's
+arrives as a scanned input of the layer scan (models/lm.py), so one stacked parameter tensor holds every depth's
 distribution. Per-head scalars: β₀, β₁ raw 1.5, α raw 1/3, α_ψ raw 0, value mix γ ~ U(0, 1).
 """
 from __future__ import annotations
