@@ -28,8 +28,9 @@ def test_mkdocs_build_strict(tmp_path):
     assert "Associative scan of the recurrence" in memory_html  # the function's docstring text
     # The top-level page documents the lazily re-exported functions (griffe cannot follow __getattr__).
     index_html = (site / "api" / "index.html").read_text()
-    for name in ("model.init_params", "model.apply", "model.param_axes", "reference.load_reference",
-                 "reference.export_reference", "layers.MemoryFns"):
+    for name in ("models.lm.init_params", "models.lm.apply", "models.lm.param_axes",
+                 "models.mosaic.reference.load_reference", "models.mosaic.reference.export_reference",
+                 "models.mosaic.layers.MemoryFns"):
         assert f'id="mosaic_jax.{name}"' in index_html, name
     # Files outside docs/ that the guides link to are published, so those links work in the site too.
     assert (site / "repo" / "benchmarks" / "results" / "cpu_train.png").is_file()

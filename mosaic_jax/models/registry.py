@@ -49,7 +49,7 @@ class Family:
 
     run_block(cfg, fns, x_BTC, inputs) -> x_BTC: one block, called inside the layer scan (Flax compact
         context: create the block's module there, named after the family, so params live under
-        params["blocks"][name]).
+        `params["blocks"][name]`).
     embed_init / head_init(cfg): initializers of the token table and of the untied head.
     forward_flops_per_token(cfg, seq_len, causal_halving): matmul FLOPs of one forward pass, per token.
     decoder: dotted module with `init_cache`, `prefill`, `step`, `prefill_jit`, `step_jit` (the incremental
