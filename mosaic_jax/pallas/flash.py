@@ -8,8 +8,9 @@ for N groups g (a (batch, head) pair, or a head whose rows are all B·T tokens),
 
 which covers every read of the project: the strictly causal contextual read (dmin = 1), v2's short window
 (1 ≤ t − j ≤ h), v2's long-term memory (t − j ≥ m_b, one m per batch row, so dmin is per group and arrives
-as a scalar-prefetch operand) and the persistent read over the slot table (no mask). Rows with nothing allowed
-(row 0 of the causal reads) return exactly 0.
+as a scalar-prefetch operand) and the persistent read over the slot table (no mask). With `Spec.seg_heads`,
+packed documents add [seg(t) = seg(j)] (segment ids per batch row). Rows with nothing allowed (row 0 of the
+causal reads, a document's first token) return exactly 0.
 
 Block sparsity: the grid's last axis walks only the key blocks a query block can see (a band of
 ⌈(bq + h)/bk⌉ + 1 blocks for the short window; blocks past the causal edge are skipped with `pl.when` and their
