@@ -1,6 +1,6 @@
 """The Pallas kernels (mosaic_jax.kernels.pallas) equal the dense reads, in Pallas interpret mode on CPU: values and
-gradients, several blocks, ragged lengths, the zero rows, causality, the band masks of v2, dropout, bfloat16,
-and the whole model through the `pallas` implementation switch.
+gradients, several blocks, ragged lengths, the zero rows, causality, the band masks of v2, document masks,
+dropout, bfloat16, and the whole model through the `pallas` implementation switch.
 
 Tolerances (float32): every output is a convex combination of values (|v| ≲ 3) computed in another order
 (online softmax over key blocks vs one softmax), so the rounding differs by a few ulps per term summed:
@@ -177,23 +177,31 @@ def test_persistent_equals_dense(rate: float) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # v2: short window and long-term skip as block-sparse band masks
 # ---------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kind,rate", [("short", 0.0), ("long", 0.3)])
-def test_v2_reads_equal_dense(kind: str, rate: float) -> None:
+@pytest.mark.parametrize("kind,rate,docs", [("short", 0.0, False), ("long", 0.3, False), ("long", 0.3, True)])
+def test_v2_reads_equal_dense(kind: str, rate: float, docs: bool) -> None:
+    """With docs, packed documents (segment ids): row 0 holds 3 documents whose boundaries fall inside query
+    and key blocks (10 and 30 are not multiples of 16 or 8), row 1 one; each document start reads nothing.
+    One document case: the document test is the same per-tile comparison in all three kernels whatever the
+    band, and each case costs a trace and compile of its kernels (~10 s), not its shapes."""
     B, T, H, D, look, seed = 2, 37, 2, 8, 5, jnp.uint32(9)
     skip = jnp.asarray([3, 20])            # 20 > block_q: whole query blocks read nothing
+    seg = jnp.asarray([[0] * 10 + [1] * 20 + [2] * 7, [4] * T], jnp.int32) if docs else None
     k = memory.l2_normalize(rand(10, B, T, H, D))
     q, v = k * (1.0 + jnp.abs(rand(11, B, T, H, 1))), rand(12, B, T, H, D)     # q = β_t·k_t, β_t ≥ 1
-    allowed = memory_v2.memory_mask(kind, T, look=look, skip_B=skip, B=B)
+    allowed = memory_v2.memory_mask(kind, T, look=look, skip_B=skip, segment_ids_BT=seg, B=B)
     keep = sequence_keep(seed, B, H, T, rate) if rate else None
     if kind == "short":
-        fast = lambda q, k, v: pallas.short_term_read(q, k, v, look, seed, rate, **BLOCKS)
+        fast = lambda q, k, v: pallas.short_term_read(q, k, v, look, seed, rate, segment_ids_BT=seg, **BLOCKS)
     else:
-        fast = lambda q, k, v: pallas.long_term_read(q, k, v, skip, seed, rate, **BLOCKS)
+        fast = lambda q, k, v: pallas.long_term_read(q, k, v, skip, seed, rate, segment_ids_BT=seg, **BLOCKS)
     y, _ = compare(fast, lambda q, k, v: dense_read(q, k, v, allowed, keep, rate), (q, k, v))
     empty = ~np.asarray(allowed).any(-1)                                       # (B, T) rows reading nothing
     assert empty.any() and np.all(np.asarray(y)[empty] == 0)
+    if docs:
+        assert empty[0, [0, 10, 30]].all() and not empty[0, 29]                # document starts read nothing
     if rate == 0.0:      # dense_read is memory_v2's dense read
-        assert_close(y, memory_v2.retrieve(q, k, v, kind, look=look, skip_B=skip, impl="dense"))
+        assert_close(y, memory_v2.retrieve(q, k, v, kind, look=look, skip_B=skip, segment_ids_BT=seg,
+                                        impl="dense"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -206,15 +214,12 @@ def test_auto_chooses_pallas_on_tpu_only() -> None:
         assert memory.resolve_impl("auto", True, dropout=True) == "pallas"
         assert memory.resolve_impl("auto", False) == "dense"                    # another kernel or mask
         assert memory_v2.choose_impl("auto", 4096, None, True) == "pallas"
-        assert memory_v2.choose_impl("auto", 4096, jnp.zeros((1, 4)), False) == "blockwise"
+        assert memory_v2.choose_impl("auto", 4096, jnp.zeros((1, 4)), False) == "pallas"      # documents too
         assert pallas.reads.interpret_default() is False
     with platform.target("gpu"):
         assert memory.resolve_impl("auto", True) == "flash"
     with pytest.raises(ValueError, match="pallas"):
         ModelConfig(cmem_impl="palas")
-    with pytest.raises(ValueError, match="document"):
-        memory_v2.retrieve(*(rand(0, 1, 4, 1, 8),) * 3, "short", look=2, segment_ids_BT=jnp.zeros((1, 4)),
-                           impl="pallas")
 
 
 V1 = dict(vocab_size=64, n_layer=2, n_embd=32, n_head=2, pmem_size=24, block_size=32)

@@ -25,7 +25,8 @@ tests/test_pallas.py):
   blockwise  query blocks of Q rows under `jax.checkpoint`, each reading only the keys it can see (a band of
              Q + lookback keys for the short memory): any mask, O(Q·T) memory, forward and backward;
   pallas     the TPU flash kernels (mosaic_jax.kernels.pallas): the short window and the long skip as block-sparse
-             band masks, dropout, O(T) memory; no document masks (interpret mode off-TPU).
+             band masks, document masks (segment ids compared per tile), dropout, O(T) memory
+             (interpret mode off-TPU).
 """
 from __future__ import annotations
 
@@ -329,15 +330,15 @@ def flash_implementation(dtype: jnp.dtype) -> Optional[str]:
 
 
 def choose_impl(impl: str, T: int, segment_ids_BT: Optional[Array], dropout: bool) -> str:
-    """`auto`: dense on CPU up to T = 512, blockwise beyond; on TPU the Pallas kernels (blockwise with
-    documents); on GPU flash, or blockwise where flash cannot express the mask (documents) or the dropout."""
+    """`auto`: dense on CPU up to T = 512, blockwise beyond; on TPU the Pallas kernels (document masks
+    included); on GPU flash, or blockwise where flash cannot express the mask (documents) or the dropout."""
     if impl != "auto":
         return impl
     backend = platform.backend()
     if backend == "cpu":
         return "dense" if T <= 512 else "blockwise"
     if backend == "tpu":
-        return "blockwise" if segment_ids_BT is not None else "pallas"
+        return "pallas"
     return "blockwise" if (segment_ids_BT is not None or dropout) else "flash"
 
 
@@ -364,13 +365,11 @@ def retrieve(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, kind: str, *, look: in
             return retrieve_flash_short(q_BTHD, k_BTHD, v_BTHD, look, implementation)
         return retrieve_flash_long(q_BTHD, k_BTHD, v_BTHD, skip_B, implementation)
     if impl == "pallas":
-        if segment_ids_BT is not None:
-            raise ValueError("v2 retrieval impl='pallas' has no document masks; use 'blockwise' (or 'auto')")
         seed, rate = memory.dropout_seed(dropout_rng, dropout_rate)
         if kind == "short":
-            return pallas.short_term_read(q_BTHD, k_BTHD, v_BTHD, look, seed, rate)
+            return pallas.short_term_read(q_BTHD, k_BTHD, v_BTHD, look, seed, rate, segment_ids_BT=segment_ids_BT)
         if kind == "long":
-            return pallas.long_term_read(q_BTHD, k_BTHD, v_BTHD, skip_B, seed, rate)
+            return pallas.long_term_read(q_BTHD, k_BTHD, v_BTHD, skip_B, seed, rate, segment_ids_BT=segment_ids_BT)
         raise ValueError(f"memory kind {kind!r} not in ('short', 'long')")
     raise ValueError(f"v2 retrieval impl={impl!r} not in ('auto', 'dense', 'flash', 'blockwise', 'pallas')")
 

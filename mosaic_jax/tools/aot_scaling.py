@@ -41,8 +41,6 @@ def with_path(config: Any, seq_len: int, impl: str) -> Any:
     c.model.block_size = seq_len
     for field, value in IMPLS[impl].items():
         c.model[field] = value      # a family ignores the switches it does not read (v2_impl outside v2)
-    if impl == "pallas":
-        c.data.packing = False      # the kernels have no document masks (with packing `auto` runs blockwise)
     return c
 
 
@@ -67,6 +65,45 @@ def growth(rows: Sequence[dict], impl: str) -> list[float]:
     """Exponents between consecutive lengths of one path: 1 = linear in T, 2 = quadratic."""
     pts = sorted((r["seq_len"], r["temporaries"]) for r in rows if r["impl"] == impl)
     return [math.log(b[1] / a[1]) / math.log(b[0] / a[0]) for a, b in zip(pts, pts[1:]) if a[1] > 0 and b[1] > 0]
+
+
+def increment_ratio(rows: Sequence[dict], impl: str, lens: tuple[int, int, int]) -> float:
+    """(temp(T₃) − temp(T₂)) / (temp(T₂) − temp(T₁)) of one path: the growth with the T-independent part
+    (parameters, gradients, optimizer workspace) taken out. For lengths in a geometric series of factor r
+    (2k, 8k, 32k: r = 4) it is r for temporaries a + b·T and r² for a + c·T², and in between for a mix:
+    r + (r² − r)·q with q the quadratic share of the first increment."""
+    by_t = {r["seq_len"]: r["temporaries"] for r in rows if r["impl"] == impl}
+    t1, t2, t3 = (by_t[t] for t in lens)
+    return (t3 - t2) / (t2 - t1)
+
+
+def read_temporaries(device: Any, kind: str, impl: str, seq_len: int, heads: int = 16, head_dim: int = 128,
+                     look: int = 256) -> int:
+    """Compiler temporaries (bytes) of value-and-grad of one v2 read (B = 1, bfloat16) compiled for `device`
+    (a compile-only TPU device: aot.topology_devices), or the figure of the compiler's refusal. The read alone,
+    so that a test compiles in seconds what the whole step takes minutes for."""
+    import re
+
+    import jax
+    import jax.numpy as jnp
+
+    from mosaic_jax.kernels import platform
+    from mosaic_jax.ops import memory_v2
+    sh = jax.sharding.SingleDeviceSharding(device)
+    x = jax.ShapeDtypeStruct((1, seq_len, heads, head_dim), jnp.bfloat16, sharding=sh)
+
+    def loss(q, k, v):
+        y = memory_v2.retrieve(q, k, v, kind, look=look, skip_B=jnp.full((1,), look, jnp.int32), impl=impl)
+        return jnp.sum(y.astype(jnp.float32))
+
+    with platform.target(device.platform):
+        try:
+            return int(jax.jit(jax.grad(loss, (0, 1, 2))).lower(x, x, x).compile().memory_analysis().temp_size_in_bytes)
+        except Exception as e:  # noqa: BLE001 - RESOURCE_EXHAUSTED: the program cannot fit; keep the figure
+            m = re.search(r"temporaries \(([\d.]+)([KMGT])\)", " ".join(str(e).split()))
+            if not m:
+                raise
+            return int(float(m.group(1)) * 1024 ** ("KMGT".index(m.group(2)) + 1))
 
 
 def format_table(rows: Sequence[dict]) -> str:

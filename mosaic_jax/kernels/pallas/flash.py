@@ -8,8 +8,9 @@ for N groups g (a (batch, head) pair, or a head whose rows are all B·T tokens),
 
 which covers every read of the project: the strictly causal contextual read (dmin = 1), v2's short window
 (1 ≤ t − j ≤ h), v2's long-term memory (t − j ≥ m_b, one m per batch row, so dmin is per group and arrives
-as a scalar-prefetch operand) and the persistent read over the slot table (no mask). Rows with nothing allowed
-(row 0 of the causal reads) return exactly 0.
+as a scalar-prefetch operand) and the persistent read over the slot table (no mask). With `Spec.seg_heads`,
+packed documents add [seg(t) = seg(j)] (segment ids per batch row). Rows with nothing allowed (row 0 of the
+causal reads, a document's first token) return exactly 0.
 
 Block sparsity: the grid's last axis walks only the key blocks a query block can see (a band of
 ⌈(bq + h)/bk⌉ + 1 blocks for the short window; blocks past the causal edge are skipped with `pl.when` and their
@@ -60,6 +61,7 @@ class Spec:
     row_g: int = 0           # dropout row id = g·row_g + t·row_t
     row_t: int = 1
     interpret: bool = False  # Pallas interpret mode (off-TPU)
+    seg_heads: int = 0       # > 0: document masks; group g reads segment-id row g // seg_heads (needs S = T)
 
     def __post_init__(self) -> None:
         if self.dmax is not None and not self.causal:
@@ -125,8 +127,9 @@ def _full(s: Spec, t_lo: Array, s_lo: Array, dmin: Array) -> Array:
     return ok
 
 
-def _allowed(s: Spec, t: Array, j: Array, dmin: Array) -> Array:
-    ok = j < s.kv_len
+def _allowed(s: Spec, t: Array, j: Array, dmin: Array, same: Optional[Array] = None) -> Array:
+    """The band mask, and with documents `same` (query and key in one document)."""
+    ok = j < s.kv_len if same is None else (j < s.kv_len) & same
     if s.causal:
         ok = ok & (t - j >= dmin)
     if s.dmax is not None:
@@ -138,15 +141,32 @@ def _keep(s: Spec, seed: Array, g: Array, t: Array, j: Array) -> Array:
     return dropout.keep(seed, g * s.row_g + t * s.row_t, j, s.rate)
 
 
-def _masked_pair(s: Spec, masked: bool, x: Array, t: Array, j: Array, dmin: Array) -> Array:
-    return jnp.where(_allowed(s, t, j, dmin), x, NEG) if masked else x
+def _masked_pair(s: Spec, masked: bool, x: Array, t: Array, j: Array, dmin: Array, same: Optional[Array]) -> Array:
+    return jnp.where(_allowed(s, t, j, dmin, same), x, NEG) if masked else x
+
+
+def _run_tiles(s: Spec, run: Array, full: Array, body) -> None:
+    """body(masked) on the grid steps with an allowed pair; the mask arithmetic only where a tile is not all
+    allowed. With documents every tile is masked (whether a tile lies in one document is data, not position)."""
+    if s.seg_heads:
+        pl.when(run)(lambda: body(True))
+        return
+    pl.when(run & full)(lambda: body(False))
+    pl.when(run & jnp.logical_not(full))(lambda: body(True))
+
+
+def _split(s: Spec, refs: tuple, n_in: int) -> tuple[list, Optional[object], Optional[object], list]:
+    """(the n_in tensor inputs, the two segment-id refs or None, outputs and scratch)."""
+    if s.seg_heads:
+        return list(refs[:n_in]), refs[n_in], refs[n_in + 1], list(refs[n_in + 2:])
+    return list(refs[:n_in]), None, None, list(refs[n_in:])
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Forward
 # ---------------------------------------------------------------------------------------------------------------
-def _fwd_kernel(dmin_ref, seed_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc, *, s: Spec,
-                nk: int):
+def _fwd_kernel(dmin_ref, seed_ref, *refs, s: Spec, nk: int):
+    (q_ref, k_ref, v_ref), qs_ref, ks_ref, (o_ref, lse_ref, m_sc, l_sc, acc_sc) = _split(s, refs, 3)
     g, i, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     dmin = dmin_ref[g]
 
@@ -163,12 +183,13 @@ def _fwd_kernel(dmin_ref, seed_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, m_sc, l
         sc = lax.dot_general(q_ref[...], k_ref[...], NT, preferred_element_type=jnp.float32)   # (bq, bk)
         t = i * s.bq + lax.broadcasted_iota(jnp.int32, sc.shape, 0)
         jj = kb * s.bk + lax.broadcasted_iota(jnp.int32, sc.shape, 1)
-        sc = _masked_pair(s, masked, sc, t, jj, dmin)
+        same = None if qs_ref is None else qs_ref[:, :1] == ks_ref[0:1, :]          # (bq, 1) vs (1, bk)
+        sc = _masked_pair(s, masked, sc, t, jj, dmin, same)
         m_prev, l_prev = m_sc[...], l_sc[...]
         m_next = jnp.maximum(m_prev, jnp.max(sc, axis=1, keepdims=True))                       # (bq, LANES)
         p = jnp.exp(sc - m_next[:, :1])
         if masked:   # rows with nothing allowed yet: sc = m = NEG would give exp(0)
-            p = jnp.where(_allowed(s, t, jj, dmin), p, 0.0)
+            p = jnp.where(_allowed(s, t, jj, dmin, same), p, 0.0)
         alpha = jnp.exp(m_prev - m_next)
         l_sc[...] = alpha * l_prev + jnp.sum(p, axis=1, keepdims=True)
         m_sc[...] = m_next
@@ -177,8 +198,7 @@ def _fwd_kernel(dmin_ref, seed_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, m_sc, l
         v = v_ref[...]
         acc_sc[...] = acc_sc[...] * alpha[:, :1] + jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
 
-    pl.when(run & full)(lambda: body(False))
-    pl.when(run & jnp.logical_not(full))(lambda: body(True))
+    _run_tiles(s, run, full, body)
 
     @pl.when(j == pl.num_programs(2) - 1)
     def _store():
@@ -197,8 +217,30 @@ def _prefetch(dmin_N: Array, seed: Optional[Array]) -> tuple[Array, Array]:
     return dmin_N.astype(jnp.int32), seed_1
 
 
-def _forward(s: Spec, q_NTD: Array, k_NSD: Array, v_NSD: Array, dmin_N: Array, seed: Optional[Array]
-             ) -> tuple[Array, Array]:
+def _segments(s: Spec, seg_BT: Optional[Array], T: int, S: int) -> tuple[Array, ...]:
+    """Segment ids as lane-replicated columns (B, T, 128) and sublane-replicated rows (B, 8, T): the two
+    orientations a (rows, cols) tile compares, as JAX's TPU flash kernel keeps them; () without documents."""
+    if not s.seg_heads:
+        return ()
+    if seg_BT is None or T != S or seg_BT.shape[1] != T:
+        raise ValueError(f"flash.attention: seg_heads={s.seg_heads} needs segment ids (B, {T}) and S = T (S = {S})")
+    seg = seg_BT.astype(jnp.int32)
+    B = seg.shape[0]
+    return (jnp.broadcast_to(seg[:, :, None], (B, T, LANES)), jnp.broadcast_to(seg[:, None, :], (B, SUBLANES, T)))
+
+
+def _seg_specs(s: Spec, rows_of, cols_of, rows: int, cols: int) -> list:
+    """BlockSpecs of the tile's row segment ids (rows, 128) and column segment ids (8, cols); rows_of / cols_of
+    map the grid to the group and the block index along T."""
+    if not s.seg_heads:
+        return []
+    h = s.seg_heads    # g ≥ 0: lax.div is the floor (jnp's // lowers a sign op that Mosaic index maps lack)
+    return [pl.BlockSpec((None, rows, LANES), lambda *a: (lax.div(rows_of(*a)[0], h), rows_of(*a)[1], 0)),
+            pl.BlockSpec((None, SUBLANES, cols), lambda *a: (lax.div(cols_of(*a)[0], h), 0, cols_of(*a)[1]))]
+
+
+def _forward(s: Spec, q_NTD: Array, k_NSD: Array, v_NSD: Array, dmin_N: Array, seed: Optional[Array],
+             seg_BT: Optional[Array] = None) -> tuple[Array, Array]:
     N, T, D = q_NTD.shape
     S = k_NSD.shape[1]
     nq, nk = T // s.bq, S // s.bk
@@ -209,22 +251,23 @@ def _forward(s: Spec, q_NTD: Array, k_NSD: Array, v_NSD: Array, dmin_N: Array, s
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=2, grid=(N, nq, _kv_steps(s, nk)),
             in_specs=[pl.BlockSpec((None, s.bq, D), q_map), pl.BlockSpec((None, s.bk, D), kv_map),
-                      pl.BlockSpec((None, s.bk, D), kv_map)],
+                      pl.BlockSpec((None, s.bk, D), kv_map)] + _seg_specs(s, q_map, kv_map, s.bq, s.bk),
             out_specs=[pl.BlockSpec((None, s.bq, D), q_map), pl.BlockSpec((None, s.bq, LANES), q_map)],
             scratch_shapes=[pltpu.VMEM((s.bq, LANES), jnp.float32), pltpu.VMEM((s.bq, LANES), jnp.float32),
                             pltpu.VMEM((s.bq, D), jnp.float32)]),
         out_shape=[jax.ShapeDtypeStruct((N, T, D), v_NSD.dtype), jax.ShapeDtypeStruct((N, T, LANES), jnp.float32)],
         compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary")),
         interpret=s.interpret,
-    )(*_prefetch(dmin_N, seed), q_NTD, k_NSD, v_NSD)
+    )(*_prefetch(dmin_N, seed), q_NTD, k_NSD, v_NSD, *_segments(s, seg_BT, T, S))
     return o, lse[..., 0]
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Backward
 # ---------------------------------------------------------------------------------------------------------------
-def _dkv_kernel(dmin_ref, seed_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, dk_ref, dv_ref, dk_sc, dv_sc,
-                *, s: Spec, nq: int):
+def _dkv_kernel(dmin_ref, seed_ref, *refs, s: Spec, nq: int):
+    (q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref), ks_ref, qs_ref, (dk_ref, dv_ref, dk_sc, dv_sc) = \
+        _split(s, refs, 6)
     g, j, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     dmin = dmin_ref[g]
 
@@ -243,7 +286,8 @@ def _dkv_kernel(dmin_ref, seed_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref
         t = qb * s.bq + lax.broadcasted_iota(jnp.int32, sT.shape, 1)
         pT = jnp.exp(sT - lse_ref[0:1, :])
         if masked:
-            pT = jnp.where(_allowed(s, t, jj, dmin), pT, 0.0)
+            same = None if ks_ref is None else ks_ref[:, :1] == qs_ref[0:1, :]      # (bk, 1) vs (1, bq)
+            pT = jnp.where(_allowed(s, t, jj, dmin, same), pT, 0.0)
         dpT = lax.dot_general(v, do, NT, preferred_element_type=jnp.float32)
         if s.rate > 0.0:
             z = jnp.where(_keep(s, seed_ref[0], g, t, jj), 1.0 / (1.0 - s.rate), 0.0)
@@ -254,8 +298,7 @@ def _dkv_kernel(dmin_ref, seed_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref
         dsT = pT * (dpT - di_ref[0:1, :])
         dk_sc[...] += jnp.dot(dsT.astype(q.dtype), q, preferred_element_type=jnp.float32)
 
-    pl.when(run & full)(lambda: body(False))
-    pl.when(run & jnp.logical_not(full))(lambda: body(True))
+    _run_tiles(s, run, full, body)
 
     @pl.when(i == pl.num_programs(2) - 1)
     def _store():
@@ -263,8 +306,8 @@ def _dkv_kernel(dmin_ref, seed_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref
         dv_ref[...] = dv_sc[...].astype(dv_ref.dtype)
 
 
-def _dq_kernel(dmin_ref, seed_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, dq_ref, dq_sc, *, s: Spec,
-               nk: int):
+def _dq_kernel(dmin_ref, seed_ref, *refs, s: Spec, nk: int):
+    (q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref), qs_ref, ks_ref, (dq_ref, dq_sc) = _split(s, refs, 6)
     g, i, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     dmin = dmin_ref[g]
 
@@ -282,15 +325,15 @@ def _dq_kernel(dmin_ref, seed_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref,
         jj = kb * s.bk + lax.broadcasted_iota(jnp.int32, sc.shape, 1)
         p = jnp.exp(sc - lse_ref[:, :1])
         if masked:
-            p = jnp.where(_allowed(s, t, jj, dmin), p, 0.0)
+            same = None if qs_ref is None else qs_ref[:, :1] == ks_ref[0:1, :]
+            p = jnp.where(_allowed(s, t, jj, dmin, same), p, 0.0)
         dp = lax.dot_general(do, v, NT, preferred_element_type=jnp.float32)
         if s.rate > 0.0:
             dp = dp * jnp.where(_keep(s, seed_ref[0], g, t, jj), 1.0 / (1.0 - s.rate), 0.0)
         ds = p * (dp - di_ref[:, :1])
         dq_sc[...] += jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
 
-    pl.when(run & full)(lambda: body(False))
-    pl.when(run & jnp.logical_not(full))(lambda: body(True))
+    _run_tiles(s, run, full, body)
 
     @pl.when(j == pl.num_programs(2) - 1)
     def _store():
@@ -298,13 +341,14 @@ def _dq_kernel(dmin_ref, seed_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref,
 
 
 def _backward(s: Spec, q_NTD: Array, k_NSD: Array, v_NSD: Array, dmin_N: Array, seed: Optional[Array],
-              o_NTD: Array, lse_NT: Array, do_NTD: Array) -> tuple[Array, Array, Array]:
+              seg_BT: Optional[Array], o_NTD: Array, lse_NT: Array, do_NTD: Array) -> tuple[Array, Array, Array]:
     N, T, D = q_NTD.shape
     S = k_NSD.shape[1]
     nq, nk = T // s.bq, S // s.bk
     do_NTD = do_NTD.astype(o_NTD.dtype)
     di_NT = jnp.sum(do_NTD.astype(jnp.float32) * o_NTD.astype(jnp.float32), axis=-1)
     pre = _prefetch(dmin_N, seed)
+    segs = _segments(s, seg_BT, T, S)
     params = pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary"))
 
     # dk, dv: grid over key blocks, the query blocks that see them innermost; statistics as rows (8, bq).
@@ -319,12 +363,13 @@ def _backward(s: Spec, q_NTD: Array, k_NSD: Array, v_NSD: Array, dmin_N: Array, 
             num_scalar_prefetch=2, grid=(N, nk, _q_steps(s, nq)),
             in_specs=[pl.BlockSpec((None, s.bq, D), q_of), pl.BlockSpec((None, s.bk, D), kv_own),
                       pl.BlockSpec((None, s.bk, D), kv_own), pl.BlockSpec((None, s.bq, D), q_of),
-                      pl.BlockSpec((None, SUBLANES, s.bq), row_of), pl.BlockSpec((None, SUBLANES, s.bq), row_of)],
+                      pl.BlockSpec((None, SUBLANES, s.bq), row_of), pl.BlockSpec((None, SUBLANES, s.bq), row_of)]
+            + _seg_specs(s, kv_own, q_of, s.bk, s.bq),
             out_specs=[pl.BlockSpec((None, s.bk, D), kv_own), pl.BlockSpec((None, s.bk, D), kv_own)],
             scratch_shapes=[pltpu.VMEM((s.bk, D), jnp.float32), pltpu.VMEM((s.bk, D), jnp.float32)]),
         out_shape=[jax.ShapeDtypeStruct(k_NSD.shape, k_NSD.dtype), jax.ShapeDtypeStruct(v_NSD.shape, v_NSD.dtype)],
         compiler_params=params, interpret=s.interpret,
-    )(*pre, q_NTD, k_NSD, v_NSD, do_NTD, lse_rows, di_rows)
+    )(*pre, q_NTD, k_NSD, v_NSD, do_NTD, lse_rows, di_rows, *segs)
 
     # dq: grid over query blocks, the key blocks they see innermost; statistics lane-replicated (bq, 128).
     lse_cols = jnp.broadcast_to(lse_NT[..., None], (N, T, LANES))
@@ -337,12 +382,13 @@ def _backward(s: Spec, q_NTD: Array, k_NSD: Array, v_NSD: Array, dmin_N: Array, 
             num_scalar_prefetch=2, grid=(N, nq, _kv_steps(s, nk)),
             in_specs=[pl.BlockSpec((None, s.bq, D), q_own), pl.BlockSpec((None, s.bk, D), kv_map),
                       pl.BlockSpec((None, s.bk, D), kv_map), pl.BlockSpec((None, s.bq, D), q_own),
-                      pl.BlockSpec((None, s.bq, LANES), q_own), pl.BlockSpec((None, s.bq, LANES), q_own)],
+                      pl.BlockSpec((None, s.bq, LANES), q_own), pl.BlockSpec((None, s.bq, LANES), q_own)]
+            + _seg_specs(s, q_own, kv_map, s.bq, s.bk),
             out_specs=pl.BlockSpec((None, s.bq, D), q_own),
             scratch_shapes=[pltpu.VMEM((s.bq, D), jnp.float32)]),
         out_shape=jax.ShapeDtypeStruct(q_NTD.shape, q_NTD.dtype),
         compiler_params=params, interpret=s.interpret,
-    )(*pre, q_NTD, k_NSD, v_NSD, do_NTD, lse_cols, di_cols)
+    )(*pre, q_NTD, k_NSD, v_NSD, do_NTD, lse_cols, di_cols, *segs)
     return dq, dk, dv
 
 
@@ -350,21 +396,25 @@ def _backward(s: Spec, q_NTD: Array, k_NSD: Array, v_NSD: Array, dmin_N: Array, 
 # The differentiable read
 # ---------------------------------------------------------------------------------------------------------------
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def attention(s: Spec, q_NTD: Array, k_NSD: Array, v_NSD: Array, dmin_N: Array, seed: Optional[Array]) -> Array:
+def attention(s: Spec, q_NTD: Array, k_NSD: Array, v_NSD: Array, dmin_N: Array, seed: Optional[Array],
+              seg_BT: Optional[Array] = None) -> Array:
     """The masked read of the module docstring. T and S must be multiples of s.bq and s.bk (pad first: keys past
-    s.kv_len are masked; padded query rows are computed and should be dropped by the caller)."""
-    return _forward(s, q_NTD, k_NSD, v_NSD, dmin_N, seed)[0]
+    s.kv_len are masked; padded query rows are computed and should be dropped by the caller). With
+    s.seg_heads > 0, seg_BT (B, T) int segment ids add the document mask [seg(g, t) = seg(g, j)], where
+    group g = b·seg_heads + h reads row b."""
+    return _forward(s, q_NTD, k_NSD, v_NSD, dmin_N, seed, seg_BT)[0]
 
 
-def _attention_fwd(s: Spec, q_NTD: Array, k_NSD: Array, v_NSD: Array, dmin_N: Array, seed: Optional[Array]):
-    o, lse = _forward(s, q_NTD, k_NSD, v_NSD, dmin_N, seed)
-    return o, (q_NTD, k_NSD, v_NSD, dmin_N, seed, o, lse)
+def _attention_fwd(s: Spec, q_NTD: Array, k_NSD: Array, v_NSD: Array, dmin_N: Array, seed: Optional[Array],
+                   seg_BT: Optional[Array] = None):
+    o, lse = _forward(s, q_NTD, k_NSD, v_NSD, dmin_N, seed, seg_BT)
+    return o, (q_NTD, k_NSD, v_NSD, dmin_N, seed, seg_BT, o, lse)
 
 
 def _attention_bwd(s: Spec, res: tuple, do_NTD: Array):
-    q, k, v, dmin, seed, o, lse = res
-    dq, dk, dv = _backward(s, q, k, v, dmin, seed, o, lse, do_NTD)
-    return dq, dk, dv, None, None
+    q, k, v, dmin, seed, seg, o, lse = res
+    dq, dk, dv = _backward(s, q, k, v, dmin, seed, seg, o, lse, do_NTD)
+    return dq, dk, dv, None, None, None
 
 
 attention.defvjp(_attention_fwd, _attention_bwd)

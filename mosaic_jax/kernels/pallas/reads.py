@@ -58,30 +58,39 @@ def _seed(seed: Optional[Array], rate: float) -> tuple[Optional[Array], float]:
 
 
 def sequence_read(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, dmin_B: Array | int, dmax: Optional[int],
-                  seed: Optional[Array] = None, rate: float = 0.0, *, block_q: int = BLOCK_Q,
-                  block_k: int = BLOCK_K, interpret: Optional[bool] = None) -> Array:
+                  seed: Optional[Array] = None, rate: float = 0.0, *, segment_ids_BT: Optional[Array] = None,
+                  block_q: int = BLOCK_Q, block_k: int = BLOCK_K, interpret: Optional[bool] = None) -> Array:
     """y_t = Σ_{dmin_b ≤ t−j ≤ dmax} softmax_j(q_t·k_j) v_j per (batch, head); rows reading nothing are 0.
-    dmin ≥ 1 (per batch row or one for all), dmax None for no window. Per device under a traced mesh."""
+    dmin ≥ 1 (per batch row or one for all), dmax None for no window; with segment_ids_BT only pairs of one
+    document (equal ids). Per device under a traced mesh."""
     B, T, H, D = q_BTHD.shape
     dmin_B = jnp.broadcast_to(jnp.asarray(dmin_B, jnp.int32), (B,))
     kw = dict(block_q=block_q, block_k=block_k, interpret=interpret, dmax=dmax, rate=rate)
     bthd = ("batch", None, "heads", None)
-    return sharded.run(lambda q, k, v, d, s: _sequence_local(q, k, v, d, seed=s, **kw),
-                       (q_BTHD, k_BTHD, v_BTHD, dmin_B), (bthd, bthd, bthd, ("batch",)), seed, B, H)
+    if segment_ids_BT is None:
+        return sharded.run(lambda q, k, v, d, s: _sequence_local(q, k, v, d, None, seed=s, **kw),
+                           (q_BTHD, k_BTHD, v_BTHD, dmin_B), (bthd, bthd, bthd, ("batch",)), seed, B, H)
+    seg_BT = jnp.asarray(segment_ids_BT, jnp.int32)
+    return sharded.run(lambda q, k, v, d, g, s: _sequence_local(q, k, v, d, g, seed=s, **kw),
+                       (q_BTHD, k_BTHD, v_BTHD, dmin_B, seg_BT), (bthd, bthd, bthd, ("batch",), ("batch", None)),
+                       seed, B, H)
 
 
-def _sequence_local(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, dmin_B: Array, *, dmax: Optional[int],
-                    seed: Optional[Array], rate: float, block_q: int, block_k: int,
+def _sequence_local(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, dmin_B: Array, seg_BT: Optional[Array], *,
+                    dmax: Optional[int], seed: Optional[Array], rate: float, block_q: int, block_k: int,
                     interpret: Optional[bool]) -> Array:
     B, T, H, D = q_BTHD.shape
     bq, bk, _, _ = _blocks(T, T, block_q, block_k)
     Tp = _round_up(T, math.lcm(bq, bk))
     rate_seed, rate = _seed(seed, rate)
     spec = flash.Spec(causal=True, dmax=dmax, kv_len=T, bq=bq, bk=bk, rate=rate, row_g=T, row_t=1,
-                      interpret=interpret_default() if interpret is None else interpret)
+                      interpret=interpret_default() if interpret is None else interpret,
+                      seg_heads=0 if seg_BT is None else H)
     dmin_N = jnp.repeat(dmin_B, H)
     q, k, v = (_pad(_groups(x), Tp) for x in (q_BTHD, k_BTHD, v_BTHD))
-    return _ungroup(flash.attention(spec, q, k, v, dmin_N, rate_seed), q_BTHD.shape)
+    if seg_BT is not None:   # padded positions: id -1 (their keys are masked by kv_len, their rows dropped)
+        seg_BT = jnp.pad(seg_BT, ((0, 0), (0, Tp - T)), constant_values=-1)
+    return _ungroup(flash.attention(spec, q, k, v, dmin_N, rate_seed, seg_BT), q_BTHD.shape)
 
 
 def contextual_read(k_BTHD: Array, v_BTHD: Array, seed: Optional[Array] = None, rate: float = 0.0,
@@ -92,13 +101,15 @@ def contextual_read(k_BTHD: Array, v_BTHD: Array, seed: Optional[Array] = None, 
 
 def short_term_read(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, look: int, seed: Optional[Array] = None,
                     rate: float = 0.0, **kw) -> Array:
-    """v2's short-term memory: pairs t−look … t−1 (memory_v2.short_term_mask)."""
+    """v2's short-term memory: pairs t−look … t−1 (memory_v2.short_term_mask); segment_ids_BT=... adds the
+    document mask."""
     return sequence_read(q_BTHD, k_BTHD, v_BTHD, 1, look, seed, rate, **kw)
 
 
 def long_term_read(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, skip_B: Array, seed: Optional[Array] = None,
                    rate: float = 0.0, **kw) -> Array:
-    """v2's long-term memory: pairs 0 … t−m_b (memory_v2.long_term_mask), m_b ≥ 1 per batch row."""
+    """v2's long-term memory: pairs 0 … t−m_b (memory_v2.long_term_mask), m_b ≥ 1 per batch row;
+    segment_ids_BT=... adds the document mask."""
     return sequence_read(q_BTHD, k_BTHD, v_BTHD, skip_B, None, seed, rate, **kw)
 
 
@@ -123,5 +134,5 @@ def _persistent_local(q_BTHD: Array, mk_HPD: Array, mv_HPD: Array, *, seed: Opti
                       interpret=interpret_default() if interpret is None else interpret)
     q = _pad(q_BTHD.reshape(B * T, H, D).transpose(1, 0, 2), M)
     mk, mv = _pad(mk_HPD.astype(dt), Pp), _pad(mv_HPD.astype(dt), Pp)
-    y = flash.attention(spec, q, mk, mv, jnp.full((H,), flash.NO_DMIN, jnp.int32), rate_seed)
+    y = flash.attention(spec, q, mk, mv, jnp.full((H,), flash.NO_DMIN, jnp.int32), rate_seed, None)
     return y[:, :B * T].transpose(1, 0, 2).reshape(B, T, H, D)
