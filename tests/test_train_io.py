@@ -70,14 +70,46 @@ def _saved(workdir):
     return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) if ckpt.exists() else []
 
 
+# Bound on waiting for an event of a trainer subprocess (a checkpoint, its exit): only so that a hung trainer fails
+# the test instead of hanging the suite, never a speed assumption. The old 300 s made the SIGINT test flaky: under
+# `-n 2` on a loaded 2-core machine the first (cold) compile alone took nearly that long, and the run was at
+# step 9, saving normally, when the wait gave up (reproduced at load 11).
+HUNG_S = 1800
+
+
 def _wait_for_checkpoint(proc, workdir, step):
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
+    """Return once a complete checkpoint >= `step` exists; fail if the run exits first (or hangs: killed)."""
+    deadline = time.monotonic() + HUNG_S
+    while proc.poll() is None and time.monotonic() < deadline:
         if _saved(workdir) and max(_saved(workdir)) >= step:
             return
         time.sleep(0.02)
-    out, err = proc.communicate(timeout=60)
+    if proc.poll() is None:
+        proc.kill()   # hung: do not leak it into the rest of the suite
+    out, err = proc.communicate()
     pytest.fail(f"no checkpoint >= {step} (exit {proc.returncode}): {out[-1500:]} {err[-1500:]}")
+
+
+def _wait_stopped(proc):
+    """Block until every thread of `proc` is in the stopped state ('T' in /proc/PID/task/*/stat). SIGSTOP is
+    asynchronous: kill() returns before the threads stop, and a thread inside a syscall (an async checkpoint write)
+    finishes it first. Without /proc, poll nothing (the signal still lands, just later)."""
+    tasks = pathlib.Path(f"/proc/{proc.pid}/task")
+    if not tasks.is_dir():
+        return
+    deadline = time.monotonic() + HUNG_S
+    while time.monotonic() < deadline:
+        states = []
+        for t in tasks.iterdir():
+            try:
+                stat = (t / "stat").read_text()
+            except OSError:
+                continue   # the thread exited meanwhile
+            states.append(stat[stat.rfind(")") + 2:].split()[0])
+        if states and all(s in ("T", "t") for s in states):
+            return
+        time.sleep(0.01)
+    pytest.fail(f"pid {proc.pid} did not stop after SIGSTOP: thread states {states}")
 
 
 def _one_error_line(stderr):
@@ -122,6 +154,7 @@ def test_second_trainer_is_refused_and_sigint_saves_and_exits_130(io_data, io_en
     try:
         _wait_for_checkpoint(first, workdir, 4)
         first.send_signal(signal.SIGSTOP)   # frozen mid-run: nothing it does can change the workdir meanwhile
+        _wait_stopped(first)                # ... once every thread has actually stopped (an async save may write)
         before = _snapshot(workdir)
         second = _run(_cmd(workdir, io_data, 400), io_env)
         assert second.returncode == 1
@@ -131,7 +164,7 @@ def test_second_trainer_is_refused_and_sigint_saves_and_exits_130(io_data, io_en
     finally:
         first.send_signal(signal.SIGCONT)
     first.send_signal(signal.SIGINT)   # Ctrl-C: save at the next step boundary, exit 130
-    out, err = first.communicate(timeout=300)
+    out, err = first.communicate(timeout=HUNG_S)
     assert first.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
     saved = re.findall(r"^SIGINT: saved (\S+); exiting", out, re.M)

@@ -10,11 +10,27 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import sys
 import time
 from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
+
+
+def _summary_writer_class() -> Any:
+    """tensorboardX.SummaryWriter, imported lazily (only process 0 needs it) and without PyTorch: tensorboardX's
+    writer imports torch whenever it is installed, only to accept torch tensors (never passed here), which costs
+    ~4 s of CPU in every training process. `import torch` fails while sys.modules["torch"] is None."""
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 class MetricWriter:
@@ -29,8 +45,7 @@ class MetricWriter:
         workdir = pathlib.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)  # line-buffered: survives a kill
-        from tensorboardX import SummaryWriter  # imported lazily: only process 0 needs it
-        self._tb = SummaryWriter(str(workdir / "tensorboard"), flush_secs=10)
+        self._tb = _summary_writer_class()(str(workdir / "tensorboard"), flush_secs=10)
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any], split: str = "train") -> None:
         if not self.enabled:
