@@ -21,7 +21,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--config.model.n_layer=1", "--config.model.n_embd=32", "--config.model.n_head=4",
         "--config.model.block_size=32", "--config.train.steps=3", "--config.train.global_batch=8",
         "--config.train.warmup_steps=1", "--config.train.log_every=1", "--config.train.checkpoint_every=3",
-        "--config.train.eval_every=0", "--config.train.sample_tokens=0", "--config.train.export_params=false"]
+        "--config.train.eval_every=0", "--config.train.sample_tokens=0", "--config.train.export_params=false",
+        "--config.train.decay_steps=4"]   # fixed, so the resumed run (steps=4) reuses the compiled step
 
 
 def wandb_records(path: pathlib.Path):
@@ -48,16 +49,20 @@ def wandb_records(path: pathlib.Path):
             yield rec
 
 
+def train_cli(prepared_byte, wd, *extra):
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", WANDB_MODE="offline", WANDB_SILENT="true")
+    cmd = [sys.executable, "-m", "mosaic_jax.train", "--config=tiny_cpu", f"--workdir={wd}",
+           f"--config.data.path={prepared_byte}", *TINY, "--config.train.trackers=jsonl,tensorboard,wandb",
+           f"--config.train.compilation_cache_dir={wd.parent / 'xla_cache'}", *extra]   # the resume skips compiling
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def run(prepared_byte, tmp_path_factory):
     pytest.importorskip("wandb")
     wd = tmp_path_factory.mktemp("trackers") / "run"
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", WANDB_MODE="offline", WANDB_SILENT="true")
-    cmd = [sys.executable, "-m", "mosaic_jax.train", "--config=tiny_cpu", f"--workdir={wd}",
-           f"--config.data.path={prepared_byte}", *TINY, "--config.train.trackers=jsonl,tensorboard,wandb",
-           "--config.train.profile_steps=1:3"]
-    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    train_cli(prepared_byte, wd, "--config.train.profile_steps=1:3")
     return wd
 
 
@@ -84,6 +89,23 @@ def test_wandb_offline_run_records_config_tokenizer_and_final_loss(run, prepared
     # the same float64 goes to every tracker and both write it with repr-exact JSON: equality is exact
     assert summary["train/loss"] == train[-1]["loss"] and summary["_step"] == 3
     assert "peak_memory_gb" not in train[-1]   # the CPU backend reports no memory stats: not logged
+
+
+def test_tensorboard_holds_the_run_config(run):
+    (events,) = (run / "tensorboard").glob("events.out.tfevents.*")
+    assert b"run_config" in events.read_bytes() and b"tokenizer_hash" in events.read_bytes()
+
+
+def test_a_resume_continues_the_same_wandb_run(run, prepared_byte):
+    """Runs after the other tests of this module (file order): it adds a step to the same workdir."""
+    first = {p.name for p in (run / "wandb").glob("offline-run-*")}
+    train_cli(prepared_byte, run, "--config.train.steps=4")
+    runs = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and {p.name for p in runs} > first
+    (resumed,) = [p for p in runs if p.name not in first]
+    (meta,) = [r.run for r in wandb_records(resumed / f"run-{trackers.wandb_run_id(run)}.wandb")
+               if r.WhichOneof("record_type") == "run"]
+    assert meta.run_id == trackers.wandb_run_id(run)
 
 
 def test_profile_trace_is_written(run):
