@@ -40,7 +40,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
 
     from mosaic_jax.models import flops
     from mosaic_jax.parallel import sharding
-    from mosaic_jax.training import checkpoint, heldout, metrics, run_config, setup
+    from mosaic_jax.training import checkpoint, heldout, metrics, profiling, run_config, setup
     from mosaic_jax.training import train_state, train_step
     from mosaic_jax.data import loader, store, tokenizers
     from mosaic_jax.data.errors import DataError
@@ -108,7 +108,9 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     step_fn = distributed.compile_then_align(su.train_step, "train step")
     eval_fn = distributed.compile_then_align(su.eval_step, "eval step")
     tokenizer = tokenizers.load_tokenizer(d.path)
-    writer = metrics.MetricWriter(workdir_p)
+    writer = metrics.MetricWriter(workdir_p, trackers_spec=t.trackers, wandb_project=t.wandb_project,
+                                  run_config={**rc.to_dict(), "tokenizer_hash": ds.tokenizer_hash})
+    profiler = profiling.StepProfiler(run_config.parse_profile_steps(t.profile_steps, t.steps), workdir_p, pi, pc)
     flops_per_token = flops.train_flops_per_token(cfg, d.seq_len)
     peak, peak_src = flops.total_peak_flops(workdir_p, cfg.dtype, t.peak_flops)
     _say(f"MFU: {flops_per_token / 1e6:.2f} MFLOP/token ({flops.FORMULA_VERSION}); peak "
@@ -152,6 +154,9 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
                     dt = (time.perf_counter() - window_start) / window_steps
                     tps = t.global_batch * d.seq_len / dt
                     m.update(step_time=dt, tokens_per_s=tps, mfu=flops.mfu(tps, flops_per_token, peak))
+                mem_gb = metrics.peak_memory_gb()   # None where the backend has no memory stats (CPU): not logged
+                if mem_gb is not None:
+                    m["peak_memory_gb"] = mem_gb
                 writer.write_scalars(step, m)
                 _say(metrics.console_line(step, t.steps, m))
                 window_start, window_steps = time.perf_counter(), 0
@@ -165,7 +170,9 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     try:
         for step in range(start, t.steps):
             batch = train_step.global_batch(next(it), mesh, t.global_batch)
+            profiler.before(step)
             state, m = step_fn(state, batch)
+            profiler.after(step, state)
             done = step + 1
             pending.append((done, m))
             if step == start:  # the first step compiles: keep it out of tokens/s and MFU
@@ -196,6 +203,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     except FloatingPointError as e:   # the checkpoint whose state gave the non-finite loss is not trusted
         raise FloatingPointError(ckpt.after_nonfinite(e)) from None
     finally:
+        profiler.stop()
         ckpt.wait()   # keep every save already started (the last good checkpoint stays on errors)
     final = int(jax.device_get(state.step))
     if final == start or not t.eval_every:

@@ -1,80 +1,86 @@
-"""Metric sinks: a JSONL file and TensorBoard event files in the workdir (process 0 only), and the console line.
+"""Metric sinks: the trackers of `train.trackers` (JSONL, TensorBoard, W&B; process 0 only), and the console line.
 
-tensorboardX is used instead of clu's default writer, which imports TensorFlow.
 Every JSONL record is one line `{"step": s, "split": "train"|"eval"|..., <name>: value, ...}` so the file can
 be read with `pandas.read_json(path, lines=True)`. After a resume, steps between the last checkpoint and the
 interruption appear twice; readers keep the last record per (split, step).
 """
 from __future__ import annotations
 
-import json
 import math
 import pathlib
-import sys
 import time
 from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
 
-
-def _summary_writer_class() -> Any:
-    """tensorboardX.SummaryWriter, imported lazily (only process 0 needs it) and without PyTorch: tensorboardX's
-    writer imports torch whenever it is installed, only to accept torch tensors (never passed here), which costs
-    ~4 s of CPU in every training process. `import torch` fails while sys.modules["torch"] is None."""
-    if "torch" in sys.modules or "tensorboardX" in sys.modules:
-        from tensorboardX import SummaryWriter
-        return SummaryWriter
-    sys.modules["torch"] = None  # type: ignore[assignment]
-    try:
-        from tensorboardX import SummaryWriter
-    finally:
-        del sys.modules["torch"]
-    return SummaryWriter
+from mosaic_jax.training import trackers
 
 
 class MetricWriter:
-    """Writes scalars and text to `workdir/metrics.jsonl` and `workdir/tensorboard/` (no-op on other processes)."""
+    """Fans scalars and text out to the trackers named in `trackers` (no-op on processes other than 0).
 
-    def __init__(self, workdir: str | pathlib.Path, enabled: Optional[bool] = None) -> None:
+    `run_config` (the resolved config, as in config.json, plus the tokenizer hash) is logged once to each tracker
+    that has a place for it."""
+
+    def __init__(self, workdir: str | pathlib.Path, enabled: Optional[bool] = None,
+                 trackers_spec: str = trackers.DEFAULT, run_config: Optional[Mapping[str, Any]] = None,
+                 wandb_project: str = "mosaic_jax") -> None:
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self._jsonl = None
-        self._tb = None
+        self._trackers: list[trackers.Tracker] = []
         if not self.enabled:
             return
+        names = trackers.parse(trackers_spec)   # validated in run_config.resolve(); here for direct callers
         workdir = pathlib.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)  # line-buffered: survives a kill
-        self._tb = _summary_writer_class()(str(workdir / "tensorboard"), flush_secs=10)
+        for name in names:
+            if name == "jsonl":
+                self._trackers.append(trackers.JsonlTracker(workdir))
+            elif name == "tensorboard":
+                self._trackers.append(trackers.TensorBoardTracker(workdir))
+            elif name == "wandb":
+                self._trackers.append(trackers.WandbTracker(workdir, wandb_project, run_config or {}))
+        if run_config is not None:
+            for tr in self._trackers:
+                tr.log_config(run_config)
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any], split: str = "train") -> None:
         if not self.enabled:
             return
-        record: dict[str, Any] = {"step": int(step), "split": split, "time": round(time.time(), 3)}
-        for name, value in scalars.items():
-            if value is None:
-                continue
-            v = float(np.asarray(value))
-            record[name] = v if math.isfinite(v) else str(v)   # JSON has no NaN/Inf literals
-            self._tb.add_scalar(f"{split}/{name}", v, int(step))
-        self._jsonl.write(json.dumps(record) + "\n")
+        now = time.time()
+        values = {name: float(np.asarray(v)) for name, v in scalars.items() if v is not None}
+        for tr in self._trackers:
+            tr.log_scalars(int(step), split, values, now)
 
     def write_text(self, step: int, tag: str, text: str) -> None:
         if not self.enabled:
             return
-        self._tb.add_text(tag, text, int(step))
-        self._jsonl.write(json.dumps({"step": int(step), "split": "text", "tag": tag, "text": text}) + "\n")
+        for tr in self._trackers:
+            tr.log_text(int(step), tag, text)
 
     def flush(self) -> None:
         if self.enabled:
-            self._jsonl.flush()
-            self._tb.flush()
+            for tr in self._trackers:
+                tr.flush()
 
     def close(self) -> None:
         if self.enabled:
-            self._jsonl.close()
-            self._tb.close()
+            for tr in self._trackers:
+                tr.close()
             self.enabled = False
+
+
+def peak_memory_gb() -> Optional[float]:
+    """The largest `peak_bytes_in_use` over this process's devices, in GB; None where the backend has no stats (CPU)."""
+    peaks = []
+    for dev in jax.local_devices():
+        try:
+            stats = dev.memory_stats()
+        except Exception:   # some backends raise instead of returning None
+            stats = None
+        if stats and "peak_bytes_in_use" in stats:
+            peaks.append(stats["peak_bytes_in_use"])
+    return max(peaks) / 1e9 if peaks else None
 
 
 def format_duration(seconds: float) -> str:

@@ -16,6 +16,7 @@ import ml_collections
 
 from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
+from mosaic_jax.training import trackers
 from mosaic_jax.training.optim import OptimConfig
 
 
@@ -49,6 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
         sample_prompt="Once upon a time", sample_tokens=64, sample_temperature=0.8,
         peak_flops=0.0,                  # per-device peak FLOP/s for MFU; 0: table (accelerators) / measured (CPU)
         compilation_cache_dir="",        # persistent XLA cache ("" = off; JAX_COMPILATION_CACHE_DIR also works)
+        trackers=trackers.DEFAULT,       # comma-separated: jsonl, tensorboard, wandb (extra [wandb])
+        wandb_project="mosaic_jax",      # W&B project (trackers containing wandb)
+        profile_steps="",                # "START:END": jax.profiler trace of steps START..END-1 ("" = off)
     ))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))   # -1: the remaining devices
     c.lock()
@@ -73,6 +77,21 @@ def _require(ok: bool, field: str, value: Any, why: str) -> None:
 
 def padded_vocab(n: int, multiple: int) -> int:
     return int(math.ceil(n / max(multiple, 1)) * max(multiple, 1))
+
+
+def parse_profile_steps(spec: str, steps: int) -> Optional[tuple[int, int]]:
+    """`"START:END"` -> (START, END), the steps START..END-1 to trace; "" -> None. Raises ConfigError."""
+    if not str(spec).strip():
+        return None
+    parts = str(spec).split(":")
+    try:
+        start, end = (int(p) for p in parts) if len(parts) == 2 else (None, None)
+    except ValueError:
+        start = end = None
+    _require(start is not None and end is not None, "train.profile_steps", spec, "expected START:END, e.g. '10:15'")
+    _require(0 <= start < end <= steps, "train.profile_steps", spec,
+             f"needs 0 <= START < END <= train.steps={steps}")
+    return start, end
 
 
 def resolve(cfg: ml_collections.ConfigDict, data_vocab_size: Optional[int] = None,
@@ -125,6 +144,11 @@ def resolve(cfg: ml_collections.ConfigDict, data_vocab_size: Optional[int] = Non
         t.eval_batch_size = t.global_batch
     _require(t.eval_batch_size % data_parallel == 0, "train.eval_batch_size", t.eval_batch_size,
              f"not divisible by the {data_parallel} data-parallel devices")
+    try:
+        trackers.parse(t.trackers)
+    except ValueError as e:
+        raise ConfigError(f"train.trackers: {e}") from None
+    parse_profile_steps(t.profile_steps, t.steps)
     try:
         optim_cfg = OptimConfig(lr=t.lr, min_lr=t.min_lr, warmup_steps=t.warmup_steps, decay_steps=t.decay_steps,
                                 b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay, grad_clip=t.grad_clip)
