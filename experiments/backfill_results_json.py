@@ -18,7 +18,7 @@ import re
 import _util  # noqa: F401
 from _util import RESULTS
 
-NAMES = ("three_moons", "regbench", "regbench_long", "lm_by_depth", "attention_consistency")
+NAMES = ("three_moons", "regbench", "regbench_long", "lm_by_depth")   # attention_consistency now writes its own
 NOTES = {"three_moons": "History: the first run used 2 seeds and failed its own check; a third seed (102) was added "
                         "and its passing run became the plotted one. 3 heads disentangled in 1 of these 3 runs. The "
                         "batch-64 run described under 'Also tried' (0 of 3) kept no files or numbers beyond that "
