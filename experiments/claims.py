@@ -161,7 +161,8 @@ def lm_rows_old() -> list[list[str]]:
 
 
 def attention_rows_old() -> list[list[str]]:
-    att = rows_by(table(load("attention_consistency"), "model"), "model", "depth")
+    old = json.loads((RESULTS / "attention_consistency" / "superseded_raw_metric.json").read_text())
+    att = rows_by(table(old, "model"), "model", "depth")
     far = lambda m, d: att[(m, float(d))]["inconsistency, far (d ≥ 32)"]   # noqa: E731
     return [["Attention: scores to far tokens are nearly invariant to the query's position in the mosaic, not in a "
              "transformer", "yes (v2 Fig. 1)",
