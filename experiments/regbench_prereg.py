@@ -296,6 +296,8 @@ Run: `python experiments/regbench_prereg.py run` (then `report`), one core: `nic
 {res['cpu_model']}; training + evaluation {res['wall_s_total']:.0f} s in all. Load averages at each run's start
 are in the per-seed table (2 cores shared with other engineers: rates vary).
 Not run (stopping rule: {p['stopping_rule']}): {', '.join(res['not_run']) or 'none'}.
+Amendments to the protocol (all before any run): {'; '.join(f"{x['utc']}: {x['change']} ({x['why']})" for x in p.get('amendments', [])) or 'none'}.
+The first run of each architecture's "train s" includes its compilation.
 
 In-context 3-gram (no training, the same {ngram['positions']:,} test positions): accuracy {ngram['accuracy']:.3f},
 TVD {ngram['tvd']:.3f}.
