@@ -60,7 +60,19 @@ def backfill(name: str) -> dict:
             "ngram3": None if ngram is None else {"accuracy": float(ngram.group(1)), "tvd": float(ngram.group(2))}}
 
 
+def mark_unrecorded(name: str) -> None:
+    """Experiments with their own results.json that predates the load / CPU-model fields: say so in the file."""
+    f = RESULTS / name / "results.json"
+    res = json.loads(f.read_text())
+    for key in ("loadavg", "cpu_model"):
+        if key not in res:
+            res[key] = None
+            res.setdefault("not_recorded", []).append(key)
+    f.write_text(json.dumps(res))      # the file's own one-line format
+
+
 def main() -> None:
+    mark_unrecorded("v2_extrapolation")
     for name in NAMES:
         res = backfill(name)
         (RESULTS / name / "results.json").write_text(json.dumps(res, indent=1, ensure_ascii=False))
