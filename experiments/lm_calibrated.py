@@ -339,7 +339,7 @@ runs finished).
 
 {verdicts}
 
-Plot: `per_position_calibrated.png` (mean over seeds at T*, 9-position moving average).
+Plot: `per_position_calibrated.png` (mean over seeds at T*, 9-position moving average). `results.json` holds every run's numbers and mean per-position curves; the raw per-token losses (`scores_<run>.npz`, 10 MB) are not committed.
 """
 
 
