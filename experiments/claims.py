@@ -101,7 +101,8 @@ def regbench_rows() -> list[list[str]]:
                          f"({len(by[f'{a}/{n}']['seeds'])} seeds)" if f"{a}/{n}" in by else "not run")
     sizes = p["sizes"]
     pre_txt = (f"pre-registered ({p['seq_len']}-token instances, {p['steps']} steps of {p['batch']}, dropout "
-               f"{p['dropout']}, lr chosen on validation {pre['chosen_lr']}): accuracy mosaic "
+               f"{p['dropout']}, lr chosen on validation: " + ", ".join(f"{a} {lr:g}" if lr else f"{a} grid not run"
+                                                           for a, lr in pre["chosen_lr"].items()) + "): accuracy mosaic "
                + ", ".join(f"N={n} {cell('mosaic', n)}" for n in sizes) + "; transformer "
                + ", ".join(f"N={n} {cell('gpt2', n)}" for n in sizes))
     both = [n for n in sizes if f"mosaic_beats_gpt2/{n}" in by]
@@ -125,7 +126,8 @@ def regbench_rows() -> list[list[str]]:
                              f" / TVD {pm([by[f'mosaic/{n}']['tvd_mean'], by[f'mosaic/{n}']['tvd_std']])}"
                              for n in ran), verdict,
                  f"registered rule: mean and every seed better on both metrics; met at N = {beats or 'none'}"
-                 + (f"; not run: {len(pre['not_run'])} of the registered runs (CPU time)" if pre["not_run"] else "")])
+                 + (f"; not run: {len(p['run_order']) - len(pre['runs'])} of the {len(p['run_order'])} registered runs "
+                    "(stopping time; all of the transformer's)" if len(pre["runs"]) < len(p["run_order"]) else "")])
     rows.append(["RegBench: the transformer catches up at 2500 automata", "0.925",
                  f"{tr(ts, 2500):.3f} (0.8 epochs), {tr(tl, 2500):.3f} (12.8 epochs), one seed", "not reproduced",
                  "undertrained (the paper: 200 epochs); an undertrained model compared with a fully trained one "

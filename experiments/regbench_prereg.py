@@ -307,7 +307,7 @@ TVD {ngram['tvd']:.3f}.
 {md_table(['train automata', 'model', 'seeds', 'accuracy', 'paper acc.', 'TVD (½·L1)', 'paper TVD',
            'beats 3-gram (acc. / TVD)'], rows)}
 
-{'; '.join(verdict)}. "Beats the 3-gram" (registered rule): the mean and every seed better than the 3-gram.
+{'; '.join(verdict) or 'No transformer run finished: no mosaic-vs-transformer verdict'}. "Beats the 3-gram" (registered rule): the mean and every seed better than the 3-gram.
 
 ## Learning-rate grid (N = {p['grid_n']}, seed 0)
 
