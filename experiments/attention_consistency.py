@@ -21,7 +21,9 @@ tokens, and plot s̄(t, ·) against d for several query positions t.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -52,6 +54,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--raw-scores", action="store_true", help="do not centre the scores per query row (the first "
                    "version's metric, which counts per-row offsets that softmax ignores)")
     p.add_argument("--windows", type=int, default=64)
+    p.add_argument("--suffix", default="", help="appended to the run folder names (<arch>_L<depth><suffix>)")
+    p.add_argument("--seeds", default="", help="e.g. 0,1,2: one analysis per seed of runs <arch>_L<depth>_s<seed> "
+                   "(experiments/lm_calibrated.py), each into <out>/seed<seed>/, and a mean ± std table in <out>")
     p.add_argument("--text", default=str(SHARED / "data" / "tinystories" / "valid_v1_prefix.txt"))
     a = p.parse_args(argv)
     a.depths = [int(d) for d in a.depths.split(",")]
@@ -150,6 +155,8 @@ def inconsistency(s_mean_LHTT: np.ndarray, s_std_LH: np.ndarray, allowed_TT: np.
 
 def main(argv=None) -> dict:
     a = parse(argv)
+    if a.seeds:
+        return main_seeds(a, list(sys.argv[1:] if argv is None else argv))
     out = out_dir(a.out)
     t_start = time.time()
     runs_root = pathlib.Path(a.runs or REPO / "runs" / "lm_by_depth")
@@ -165,7 +172,7 @@ def main(argv=None) -> dict:
     results, maps_to_plot = {}, {}
     for arch, depth in runs:
         t0 = time.time()
-        cfg, params, tok = load_for_inference(str(runs_root / f"{arch}_L{depth}"))
+        cfg, params, tok = load_for_inference(str(runs_root / f"{arch}_L{depth}{a.suffix}"))
         T = cfg.block_size
         ids = tok.encode(pathlib.Path(a.text).read_text(encoding="utf-8"))
         w = corpus_windows(ids, T)
@@ -284,8 +291,62 @@ positions; overlapping curves = position-invariant), `attention_maps_depth*.png`
 and last layer, first 4 heads).
 """
     (out / "results.md").write_text(md)
+    cmd = command_line(['python', 'experiments/attention_consistency.py'] + list(sys.argv[1:] if argv is None else argv))
+    write_json(out, {"experiment": "attention_consistency", "command": cmd, "wall_s": wall, "metric": score_kind,
+                     "tables": [{"header": header, "rows": rows}]})
     print(md, flush=True)
-    return {"results": results, "rows": rows, "wall_s": wall}
+    return {"results": results, "rows": rows, "header": header, "wall_s": wall, "score_kind": score_kind}
+
+
+def write_json(out: pathlib.Path, res: dict) -> None:
+    from mosaic_jax.hostinfo import cpu_info   # imports jax: after _util put the repo on sys.path
+
+    info = cpu_info()
+    res = res | {"loadavg": os.getloadavg(), "cpu_model": info["cpu_model"], "cpu_flags": info["cpu_flags"]}
+    (out / "results.json").write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")
+
+
+def main_seeds(a: argparse.Namespace, argv: list[str]) -> dict:
+    """One analysis per seed (runs <arch>_L<depth>_s<seed>), then mean ± std (sample std) over seeds."""
+    out = out_dir(a.out)
+    t0 = time.time()
+    seeds = [int(x) for x in a.seeds.split(",")]
+    base = [f"--depths={','.join(map(str, a.depths))}", f"--windows={a.windows}", f"--text={a.text}"] + \
+        ([f"--runs={a.runs}"] if a.runs else []) + (["--raw-scores"] if a.raw_scores else [])
+    per_seed = {s: main(base + [f"--out={out / f'seed{s}'}", f"--suffix=_s{s}"]) for s in seeds}
+    header = per_seed[seeds[0]]["header"]
+    num = [i for i, v in enumerate(per_seed[seeds[0]]["rows"][0]) if isinstance(v, float)]
+    rows, seed_rows = [], []
+    for k, row0 in enumerate(per_seed[seeds[0]]["rows"]):
+        vals = {i: [per_seed[s]["rows"][k][i] for s in seeds] for i in num}
+        rows.append([row0[0], row0[1]] + [f"{np.mean(vals[i]):.3f} ± {np.std(vals[i], ddof=1):.3f}" for i in num])
+        seed_rows += [[row0[0], row0[1], s] + [per_seed[s]["rows"][k][i] for i in num] for s in seeds]
+    h = [header[0], header[1]] + [header[i] for i in num]
+    wall = time.time() - t0
+    cmd = command_line(['python', 'experiments/attention_consistency.py'] + argv)
+    kind = per_seed[seeds[0]]["score_kind"]
+    md = f"""# Attention consistency on the calibrated depth-1 runs, {len(seeds)} seeds
+
+Command: `{cmd}`
+Wall time: {wall:.0f} s on {machine()}. Models: the runs of `experiments/lm_calibrated.py`
+(`<arch>_L1_s<seed>`, 614,400 tokens each). Scores {kind}; the metric is described in each `seed*/results.md`
+(inconsistency = std over query positions of the window-mean score to the token d back, over the std of the
+head's scores; sampling noise subtracted; lower = more position-invariant). Mean ± std over seeds (sample std):
+
+{md_table(h, rows)}
+
+Every seed:
+
+{md_table(h[:2] + ["seed"] + h[2:], seed_rows)}
+
+Depth 4 was not re-measured (its runs were not kept and did not fit the CPU this round).
+"""
+    (out / "results.md").write_text(md)
+    write_json(out, {"experiment": "attention_consistency", "command": cmd, "wall_s": wall, "metric": kind,
+                     "seeds": seeds, "tables": [{"header": h, "rows": rows},
+                                                {"header": h[:2] + ["seed"] + h[2:], "rows": seed_rows}]})
+    print(md, flush=True)
+    return {"per_seed": per_seed, "rows": rows, "wall_s": wall}
 
 
 if __name__ == "__main__":

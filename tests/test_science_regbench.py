@@ -54,3 +54,32 @@ def test_one_layer_mosaic_learns_in_context_far_better_than_a_transformer():
     acc_mm = _accuracy("mosaic", train, test, legal)
     acc_tr = _accuracy("gpt2", train, test, legal)
     assert acc_mm > acc_tr + 0.15, (acc_mm, acc_tr)
+
+
+def test_preregistered_study_rules():
+    """experiments/regbench_prereg.py: the plan runs every (arch, N, seed) once with the grid first, the learning
+    rate is the grid's lowest validation loss, and 'beats the 3-gram' needs the mean and every seed."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
+    import regbench_prereg as rp
+
+    p = {"archs": ["mosaic", "gpt2"], "sizes": [100, 1000], "seeds": [0, 1], "lr_grid": [1e-3, 3e-3],
+         "grid_n": 1000, "grid_seed": 0}
+    plan = rp.plan(p)
+    assert plan[:2] == [("mosaic", 1000, 0, 1e-3, True), ("mosaic", 1000, 0, 3e-3, True)]
+    cells = [(a, n, s) for a, n, s, _, grid in plan if not grid]
+    assert len(cells) == len(set(cells)) == 2 * 2 * 2 - 2          # the grid's seed-0 run at grid_n is reused
+    assert ("mosaic", 1000, 0) not in cells
+
+    def run(arch, n, seed, lr, val, acc, tvd, grid=False):
+        return {"arch": arch, "n": n, "seed": seed, "lr": lr, "val_loss": val, "accuracy": acc, "tvd": tvd,
+                "test_loss": 1.0, "grid": grid}
+    runs = [run("mosaic", 1000, 0, 1e-3, 1.2, 0.80, 0.5, True), run("mosaic", 1000, 0, 3e-3, 1.1, 0.90, 0.3, True),
+            run("mosaic", 1000, 1, 3e-3, 1.1, 0.88, 0.4), run("mosaic", 1000, 1, 1e-3, 0.9, 0.1, 0.9)]
+    assert rp.chosen_lr(p, runs, "mosaic") == 3e-3          # grid runs only: the seed-1 run at 1e-3 is no grid run
+    assert rp.chosen_lr(p, runs, "gpt2") is None
+    s = rp.summarise(p, runs, {"accuracy": 0.85, "tvd": 0.35})["by_arch_n"]["mosaic/1000"]
+    assert s["seeds"] == [0, 1] and s["accuracy"] == [0.90, 0.88]
+    assert s["beats_3gram"] == {"accuracy": True, "tvd": False}   # TVD mean 0.35 is not below 0.35; seed 1 above
