@@ -299,7 +299,7 @@ and last layer, first 4 heads).
 
 
 def write_json(out: pathlib.Path, res: dict) -> None:
-    from mosaic_jax.hostinfo import cpu_info   # imports jax: after _util put the repo on sys.path
+    from mosaic_jax.tools.hostinfo import cpu_info   # imports jax: after _util put the repo on sys.path
 
     info = cpu_info()
     res = res | {"loadavg": os.getloadavg(), "cpu_model": info["cpu_model"], "cpu_flags": info["cpu_flags"]}

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mosaic_jax.model import apply
+from mosaic_jax.models.lm import apply
 
 OUT = RESULTS / "lm_calibrated"
 TS = SHARED / "data" / "tinystories"
@@ -204,7 +204,7 @@ def analyse_run(z: dict, temps: np.ndarray, calib: np.ndarray) -> dict:
 
 def report(a: argparse.Namespace) -> dict:
     import lm_by_depth
-    from mosaic_jax.hostinfo import cpu_info
+    from mosaic_jax.tools.hostinfo import cpu_info
 
     p = protocol(a.out)
     runs, missing = {}, []

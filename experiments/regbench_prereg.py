@@ -37,10 +37,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import regbench as rbx  # noqa: E402  (experiments/regbench.py: predict, mean_loss, PAPER, NAMES)
-from mosaic_jax import model as M  # noqa: E402
-from mosaic_jax import regbench as rb  # noqa: E402
-from mosaic_jax.config import ModelConfig  # noqa: E402
-from mosaic_jax.hostinfo import cpu_info  # noqa: E402
+from mosaic_jax.models import lm as M
+from mosaic_jax.tasks import regbench as rb
+from mosaic_jax.models.config import ModelConfig  # noqa: E402
+from mosaic_jax.tools.hostinfo import cpu_info  # noqa: E402
 
 OUT = RESULTS / "regbench_prereg"
 

@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mosaic_jax import analysis
-from mosaic_jax import model as M
-from mosaic_jax.config import ModelConfig
+from mosaic_jax.tasks import analysis
+from mosaic_jax.models import lm as M
+from mosaic_jax.models.config import ModelConfig
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
 import lm_calibrated as lc  # noqa: E402
