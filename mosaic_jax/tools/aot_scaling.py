@@ -40,7 +40,8 @@ def with_path(config: Any, seq_len: int, impl: str) -> Any:
     c.data.seq_len = seq_len
     c.model.block_size = seq_len
     for field, value in IMPLS[impl].items():
-        c.model[field] = value      # a family ignores the switches it does not read (v2_impl outside v2)
+        if field in c.model:        # a family ignores the switches it does not read (v2_impl outside v2)
+            c.model[field] = value
     return c
 
 
