@@ -99,4 +99,5 @@ def test_unknown_family_errors_name_the_choices():
         ModelConfig(arch="nope")
     with pytest.raises(ValueError, match=r"family_module='no.such.module' cannot be imported"):
         ModelConfig(arch="nope", family_module="no.such.module")
-    assert "mosaic_swiglu" in registry.names()   # registered by the tests above (import of MODULE)
+    assert registry.get("mosaic_swiglu", MODULE).name == "mosaic_swiglu"   # imports MODULE, which registers it
+    assert "mosaic_swiglu" in registry.names()

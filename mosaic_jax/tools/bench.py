@@ -276,7 +276,11 @@ CHOICES = {"dtype": ("float32", "bfloat16"), "torch": tuple(TORCH_MODES)}
 def check_args(a: Any) -> None:
     """Every comma-list value is one the harness knows, so a typo fails now, not after minutes of compiling."""
     for x in filter(None, a.arch.split(",")):
-        registry.get(x, a.family_module)   # raises, naming the known families
+        try:
+            registry.get(x, a.family_module)
+        except ValueError:
+            raise ValueError(f"--arch={x!r}: must be one of {', '.join(registry.names())} (or a plug-in family "
+                             "registered by --family_module)") from None
     for name, allowed in CHOICES.items() | {("size", tuple(SIZES))}:
         for x in getattr(a, name).split(","):
             if x and x not in allowed:
