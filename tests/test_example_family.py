@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from mosaic_jax import evaluate, generate
-from mosaic_jax.inference import sampling
 from mosaic_jax.models import flops, registry
 from mosaic_jax.models.config import ModelConfig
 from mosaic_jax.models.lm import apply, init_params
@@ -49,15 +48,21 @@ def test_generate_and_decoding_equal_the_full_forward(run, capsys):
     assert generate.main([f"--workdir={run}", "--prompt=Once upon", "--max_new_tokens=6", "--greedy",
                           "--no_stream"]) == 0
     assert "=== sample 0 ===" in capsys.readouterr().out
-    # the default decoder (inference/recompute.py) against greedy argmax of full forwards, token by token
+    # The family's decoder (the default, inference/recompute.py) fed the tokens of a full forward, ragged prompts:
+    # same logits at every position. Only the padded length differs, so float32 rounding differs by a few ulps of
+    # logits of order 1: 1e-5, as tests/test_decode.py (comparing logits, not argmax, so near-ties cannot flip).
     cfg, params, _ = generate.load_for_inference(str(run))
-    prompts = [[1, 70, 71, 72], [1, 80]]
-    got = sampling.generate(cfg, params, prompts, max_new_tokens=5, sampling=sampling.SamplingConfig(temperature=0.0))
-    for prompt, new in zip(prompts, got):
-        seq = list(prompt)
-        for _ in range(5):
-            seq.append(int(jnp.argmax(apply(cfg, params, jnp.asarray([seq]))[0, -1, :cfg.vocab_size])))
-        assert new == seq[len(prompt):]
+    dec = registry.decoder(cfg)
+    tokens = jnp.asarray([[1, 70, 71, 72, 73, 74, 75, 76], [1, 80, 81, 82, 83, 84, 85, 86]], jnp.int32)
+    ref = np.asarray(apply(cfg, params, tokens))
+    lengths = jnp.asarray([3, 2], jnp.int32)
+    logits, cache = dec.prefill(cfg, params, tokens[:, :3], lengths, dec.init_cache(cfg, 2, 8))
+    np.testing.assert_allclose(np.asarray(logits)[0, :3], ref[0, :3], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(logits)[1, :2], ref[1, :2], atol=1e-5, rtol=0)
+    for _ in range(4):
+        pos = np.asarray(cache["pos"])
+        logits, cache = dec.step(cfg, params, cache, tokens[jnp.arange(2), pos])
+        np.testing.assert_allclose(np.asarray(logits), ref[[0, 1], pos], atol=1e-5, rtol=0)
 
 
 def test_evaluate_scores_the_run(run, tmp_path, data_dir):

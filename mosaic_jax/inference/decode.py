@@ -37,12 +37,16 @@ Cache = dict[str, Array]
 # ---------------------------------------------------------------------------------------------------------------
 def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> Cache:
     """Zero caches for `batch` rows and up to `max_len` positions (the prompt included)."""
-    fam = _family(cfg)
-    limit = fam.max_positions(cfg)
+    check_positions(cfg, max_len)
+    return {"pos": jnp.zeros((batch,), jnp.int32)} | _family(cfg).layer_decoder.init_cache(cfg, batch, max_len)
+
+
+def check_positions(cfg: ModelConfig, max_len: int) -> None:
+    """A family with learned positions cannot decode past them (every decoder's cache checks this)."""
+    limit = registry.of(cfg).max_positions(cfg)
     if limit is not None and max_len > limit:
         raise ValueError(f"{cfg.arch}: max_len {max_len} exceeds block_size {limit} (learned positions); use the "
                          "sliding-window recompute past the window")
-    return {"pos": jnp.zeros((batch,), jnp.int32)} | fam.layer_decoder.init_cache(cfg, batch, max_len)
 
 
 def cache_len(cache: Cache) -> int:

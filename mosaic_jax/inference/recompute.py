@@ -13,8 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mosaic_jax.inference.decode import rows_at
-from mosaic_jax.models import registry
+from mosaic_jax.inference.decode import check_positions, rows_at
 from mosaic_jax.models.config import ModelConfig
 from mosaic_jax.models.lm import apply
 
@@ -23,9 +22,7 @@ Cache = dict[str, Array]
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> Cache:
-    limit = registry.of(cfg).max_positions(cfg)
-    if limit is not None and max_len > limit:
-        raise ValueError(f"{cfg.arch}: max_len {max_len} exceeds block_size {limit} (learned positions)")
+    check_positions(cfg, max_len)
     return {"pos": jnp.zeros((batch,), jnp.int32), "tokens": jnp.zeros((batch, max_len), jnp.int32)}
 
 
