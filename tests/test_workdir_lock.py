@@ -130,3 +130,41 @@ def test_os_reason_finds_the_errno_in_wrapped_errors():
     except RuntimeError as e:
         assert run_guard.os_reason(e) == "Read-only file system"
     assert run_guard.os_reason(KeyError("k")) == "KeyError: 'k'"
+
+
+def _unretrieved_task_failure(filename: str) -> None:
+    """A real asyncio task whose coroutine (compiled as if it lived in `filename`) fails and is collected without
+    anyone retrieving the exception: asyncio then logs "Task exception was never retrieved", as it does for an
+    Orbax write task when the disk is full (CI log of stop 20)."""
+    import asyncio
+    import gc
+    scope: dict = {}
+    exec(compile("async def write_fragment():\n    raise ValueError('RESOURCE_EXHAUSTED: No space left on device')\n",
+                 filename, "exec"), scope)
+    loop = asyncio.new_event_loop()
+    try:
+        task = loop.create_task(scope["write_fragment"]())
+        loop.run_until_complete(asyncio.sleep(0))
+        assert task.done()
+        del task
+        gc.collect()
+    finally:
+        loop.close()
+
+
+def test_quiet_orbax_errors_drops_orbax_write_tasks_only(caplog):
+    import logging
+    logger = logging.getLogger("asyncio")
+    before = list(logger.filters)
+    try:
+        run_guard.quiet_orbax_errors()
+        run_guard.quiet_orbax_errors()   # idempotent: one filter per logger
+        assert sum(isinstance(f, run_guard._OrbaxErrorFilter) for f in logger.filters) == 1
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            _unretrieved_task_failure(os.path.join(os.sep, "site-packages", "orbax", "checkpoint", "ser.py"))
+            assert not [r for r in caplog.records if r.name == "asyncio"]
+            _unretrieved_task_failure(os.path.join(os.sep, "site-packages", "mine", "user_code.py"))
+            (record,) = [r for r in caplog.records if r.name == "asyncio"]
+            assert "never retrieved" in record.getMessage()
+    finally:
+        logger.filters[:] = before

@@ -8,8 +8,8 @@
   save is agreed across processes with the same collective, so every process stops at the same step.
 * `os_reason` / `io_error_line`: "No space left on device", "Read-only file system"... out of an OSError or of
   the text of a wrapped one (tensorstore reports ENOSPC as `ValueError: RESOURCE_EXHAUSTED: ...`).
-* `quiet_orbax_errors`: Orbax logs every failure of a background save with several tracebacks; the trainer
-  reports the failure itself in one line, so those records are dropped (unless --verbosity is given).
+* `quiet_orbax_errors`: Orbax (and asyncio, for Orbax's failed write tasks) logs every failure of a background
+  save with tracebacks; the trainer reports it in one line, so those records are dropped (unless --verbosity).
 """
 from __future__ import annotations
 
@@ -57,16 +57,38 @@ def io_error_line(e: OSError, workdir: Optional[str]) -> str:
     return f"{os_reason(e)}{where} (workdir {os.path.abspath(workdir) if workdir else '?'})"
 
 
+_ORBAX_DIR = f"{os.sep}orbax{os.sep}"
+
+
+def _from_orbax(record: logging.LogRecord) -> bool:
+    """An ERROR record that Orbax logged, or that asyncio logged for one of Orbax's write tasks ("Task exception
+    was never retrieved" when a failed write's task is collected; the message names the coroutine's file)."""
+    if record.levelno < logging.ERROR:
+        return False
+    if _ORBAX_DIR in (record.pathname or ""):
+        return True
+    if record.name != "asyncio":
+        return False
+    tb = record.exc_info[2] if record.exc_info else None
+    while tb is not None:
+        if _ORBAX_DIR in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return _ORBAX_DIR in record.getMessage()
+
+
 class _OrbaxErrorFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+        return not _from_orbax(record)
 
 
 def quiet_orbax_errors() -> None:
-    """Drop Orbax's ERROR records (absl logger): the trainer turns the failures into its own one-line errors."""
-    logger = logging.getLogger("absl")
-    if not any(isinstance(f, _OrbaxErrorFilter) for f in logger.filters):
-        logger.addFilter(_OrbaxErrorFilter())
+    """Drop Orbax's ERROR records (absl logger) and asyncio's reports of its failed write tasks: the trainer turns
+    the failures into its own one-line errors. Other asyncio errors still print."""
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OrbaxErrorFilter) for f in logger.filters):
+            logger.addFilter(_OrbaxErrorFilter())
 
 
 # ---- the workdir lock of the job ----------------------------------------------------------------------------
