@@ -10,10 +10,10 @@ naming the field or file; bad input before anything is written. See docs/trainin
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import sys
-import time
 from typing import Any, Optional, Sequence
 
 from absl import flags, logging
@@ -34,20 +34,27 @@ def _say(message: str) -> None:
         print(message, flush=True)
 
 
-def train(config: Any, workdir: str) -> dict[str, Any]:
-    """Run (or resume) training; returns a summary (final step, last train/eval metrics, last sample)."""
+@dataclasses.dataclass
+class _Run:
+    """A validated run: the resolved config, the mesh, the data sources and the workdir's paths."""
+    rc: Any
+    mesh: Any
+    train_src: Any
+    val_src: Any
+    data_meta: dict[str, Any]
+    workdir: pathlib.Path        # every path the run writes is under it (config.json, checkpoints/, export/, ...)
+    ckpt_dir: pathlib.Path
+
+
+def _validate(config: Any, workdir: str) -> _Run:
+    """Check every input and open the data; nothing is written (a ConfigError/DataError names the field or file)."""
     import jax
 
-    from mosaic_jax.models import flops
-    from mosaic_jax.parallel import sharding
-    from mosaic_jax.training import checkpoint, heldout, metrics, profiling, run_config, setup
-    from mosaic_jax.training import train_state, train_step
-    from mosaic_jax.data import loader, store, tokenizers
+    from mosaic_jax.data import loader, store
     from mosaic_jax.data.errors import DataError
+    from mosaic_jax.parallel import sharding
+    from mosaic_jax.training import run_config
 
-    preempt = run_guard.StopRequest()
-    preempt.install()   # first thing: a SIGTERM/SIGINT during set-up or compilation must not kill the run uncleanly
-    # ---- validate every input before writing anything --------------------------------------------------------
     if config is None:
         raise run_config.ConfigError("--config is required (e.g. --config=tiny_cpu)")
     if not workdir:
@@ -59,9 +66,8 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     except ValueError as e:
         raise run_config.ConfigError(str(e)) from None
-    pi, pc = jax.process_index(), jax.process_count()
-    rc = run_config.resolve(config, ds.vocab_size, sharding.data_parallel_size(mesh), pc)
-    cfg, t, d = rc.model, rc.cfg.train, rc.cfg.data
+    rc = run_config.resolve(config, ds.vocab_size, sharding.data_parallel_size(mesh), jax.process_count())
+    t, d = rc.cfg.train, rc.cfg.data
     try:   # every process must feed its devices from its own rows (loader.process_batch_at)
         layouts = {distributed.check_batch_layout(mesh, rows) for rows in (t.global_batch, t.eval_batch_size)}
     except distributed.DistributedError as e:
@@ -78,142 +84,89 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     val_src = loader.BatchSource(val, d.seq_len, t.eval_batch_size, d.eval_seed, packing=d.packing) if val else None
     data_meta = {"path": os.path.abspath(d.path), "seed": int(t.seed), "tokenizer_hash": ds.tokenizer_hash,
                  "global_batch": int(t.global_batch), "seq_len": int(d.seq_len)}
-
     workdir_p = pathlib.Path(workdir).absolute()
-    ckpt_dir = workdir_p / "checkpoints"
-    su = setup.build(cfg, rc.optim, mesh, microbatches=t.microbatches, dropout=t.dropout)
-    target = su.abstract_state
-    # refuse a resume on another architecture, shape or tokenizer before creating or changing anything
-    checkpoint.check_resume(ckpt_dir, rc.to_dict(), data_meta, target)
+    return _Run(rc, mesh, train_src, val_src, data_meta, workdir_p, workdir_p / "checkpoints")
 
-    # ---- set up: workdir, state (restored or fresh), compiled steps --------------------------------------------
-    workdir_p.mkdir(parents=True, exist_ok=True)
-    if pi == 0:
-        (workdir_p / "config.json").write_text(rc.cfg.to_json_best_effort(indent=1) + "\n")
-        checkpoint.save_tokenizer(d.path, workdir_p)   # workdir/tokenizer/: inference works if the data moves
-    ckpt = checkpoint.Checkpointer(ckpt_dir, every=t.checkpoint_every, keep=t.keep_checkpoints,
+
+def train(config: Any, workdir: str) -> dict[str, Any]:
+    """Run (or resume) training; returns a summary (final step, last train/eval metrics, last sample)."""
+    import jax
+
+    from mosaic_jax.data import loader, tokenizers
+    from mosaic_jax.models import flops
+    from mosaic_jax.training import checkpoint, hooks, loop, metrics, run_config, setup, train_state, train_step
+
+    preempt = run_guard.StopRequest()
+    preempt.install()   # first thing: a SIGTERM/SIGINT during set-up or compilation must not kill the run uncleanly
+    r = _validate(config, workdir)
+    rc, mesh, wd = r.rc, r.mesh, r.workdir
+    cfg, t, d = rc.model, rc.cfg.train, rc.cfg.data
+    su = setup.build(cfg, rc.optim, mesh, microbatches=t.microbatches, dropout=t.dropout)
+    # refuse a resume on another architecture, shape or tokenizer before creating or changing anything
+    checkpoint.check_resume(r.ckpt_dir, rc.to_dict(), r.data_meta, su.abstract_state)
+
+    # ---- set up: workdir, state (restored or fresh), compiled steps, hooks -------------------------------------
+    wd.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        (wd / "config.json").write_text(rc.cfg.to_json_best_effort(indent=1) + "\n")
+        checkpoint.save_tokenizer(d.path, wd)   # workdir/tokenizer/: inference works if the data moves
+    ckpt = checkpoint.Checkpointer(r.ckpt_dir, every=t.checkpoint_every, keep=t.keep_checkpoints,
                                    async_save=t.async_checkpoint)
-    restored = ckpt.restore(target, say=_say) if ckpt.latest_step() is not None else None
+    restored = ckpt.restore(su.abstract_state, say=_say) if ckpt.latest_step() is not None else None
     if restored is not None:
         step0, state, _ = restored
-        _say(f"resumed from {ckpt_dir / str(step0)} (step {step0})")
+        _say(f"resumed from {r.ckpt_dir / str(step0)} (step {step0})")
     else:
         state = train_state.create_sharded_state(cfg, su.tx, t.seed, su.shardings)
     start = int(jax.device_get(state.step))
-    n_params = train_state.count_params(state)
-    _say(f"{cfg.arch}: {n_params:,} params | mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform}"
-         f" device(s) | batch {t.global_batch}x{d.seq_len} ({t.microbatches} microbatch(es)) | steps {start}->{t.steps}")
-
+    _say(f"{cfg.arch}: {train_state.count_params(state):,} params | mesh {dict(mesh.shape)} on {jax.device_count()} "
+         f"{jax.devices()[0].platform} device(s) | batch {t.global_batch}x{d.seq_len} ({t.microbatches} "
+         f"microbatch(es)) | steps {start}->{t.steps}")
     # several processes: compile, wait for all, then run (gloo on CPU gives a first collective only 30 s)
     step_fn = distributed.compile_then_align(su.train_step, "train step")
     eval_fn = distributed.compile_then_align(su.eval_step, "eval step")
-    tokenizer = tokenizers.load_tokenizer(d.path)
-    writer = metrics.MetricWriter(workdir_p, trackers_spec=t.trackers, wandb_project=t.wandb_project,
-                                  run_config={**rc.to_dict(), "tokenizer_hash": ds.tokenizer_hash})
-    profiler = profiling.StepProfiler(run_config.parse_profile_steps(t.profile_steps, t.steps), workdir_p, pi, pc)
+    writer = metrics.MetricWriter(wd, trackers_spec=t.trackers, wandb_project=t.wandb_project,
+                                  run_config={**rc.to_dict(), "tokenizer_hash": r.data_meta["tokenizer_hash"]})
     flops_per_token = flops.train_flops_per_token(cfg, d.seq_len)
-    peak, peak_src = flops.total_peak_flops(workdir_p, cfg.dtype, t.peak_flops)
+    peak, peak_src = flops.total_peak_flops(wd, cfg.dtype, t.peak_flops)
     _say(f"MFU: {flops_per_token / 1e6:.2f} MFLOP/token ({flops.FORMULA_VERSION}); peak "
          f"{(peak or 0) / 1e9:,.0f} GFLOP/s ({peak_src})")
-    ckpt_cfg = rc.to_dict()
-
-    def run_eval(step: int) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if val_src is not None and t.eval_batches:
-            out = heldout.evaluate(eval_fn, state.params, val_src, t.eval_batches, mesh, pi, pc)
-            writer.write_scalars(step, out, split="eval")
-            _say(f"eval step {step} | loss {out['loss']:.4f} | perplexity {out['perplexity']:.2f}")
-        if t.sample_tokens:
-            text = heldout.sample_text(cfg, state.params, tokenizer, t.sample_prompt, t.sample_tokens,
-                                           temperature=t.sample_temperature, seed=step)
-            writer.write_text(step, "sample", text)
-            out["sample"] = text
-            _say(f"sample step {step}: {text!r}")
-        return out
+    evaluation = hooks.EvalAndSample(
+        writer, _say, eval_fn=eval_fn, source=r.val_src, batches=t.eval_batches, mesh=mesh, cfg=cfg,
+        tokenizer=tokenizers.load_tokenizer(d.path), prompt=t.sample_prompt, sample_tokens=t.sample_tokens,
+        temperature=t.sample_temperature)
+    lp = loop.Loop(step_fn)
+    lp.add_hook(hooks.Profile(run_config.parse_profile_steps(t.profile_steps, t.steps), wd))
+    lp.add_hook(hooks.LogMetrics(writer, _say, lp.clock, log_every=t.log_every, total=t.steps,
+                                 tokens_per_step=t.global_batch * d.seq_len, flops_per_token=flops_per_token,
+                                 peak_flops=peak))
+    lp.add_hook(hooks.Checkpoint(ckpt, preempt, rc.to_dict(), r.data_meta))
+    if t.eval_every:
+        lp.add_hook(evaluation, every=t.eval_every)
 
     # ---- the loop -------------------------------------------------------------------------------------------
-    it = loader.make_iterator(train_src, start, pi, pc, d.num_workers, num_steps=max(t.steps - start, 1))
-    pending: list[tuple[int, Any]] = []   # (step, device metrics), read one step late so dispatch runs ahead
-    last: dict[str, Any] = {}
-    window_start, window_steps = time.perf_counter(), 0   # the clock for tokens/s
-
-    def drain(upto: int = 0, timed: bool = True) -> None:
-        """Fetch pending metrics (all but the newest `upto`), stop on NaN/Inf, log every log_every steps.
-
-        Fetching step s's metrics waits for step s to finish, so (now - window_start) / steps fetched since
-        is the time per step, while step s+1 already runs on the device."""
-        nonlocal window_start, window_steps, last
-        while len(pending) > upto:
-            step, m = pending.pop(0)
-            m = {k: float(v) for k, v in jax.device_get(m).items()}
-            window_steps += 1
-            metrics.check_finite(step, m)
-            last = m
-            if step % t.log_every == 0 or step == t.steps:
-                if timed:
-                    dt = (time.perf_counter() - window_start) / window_steps
-                    tps = t.global_batch * d.seq_len / dt
-                    m.update(step_time=dt, tokens_per_s=tps, mfu=flops.mfu(tps, flops_per_token, peak))
-                mem_gb = metrics.peak_memory_gb()   # None where the backend has no memory stats (CPU): not logged
-                if mem_gb is not None:
-                    m["peak_memory_gb"] = mem_gb
-                writer.write_scalars(step, m)
-                _say(metrics.console_line(step, t.steps, m))
-                window_start, window_steps = time.perf_counter(), 0
-
-    def restart_clock() -> None:
-        """Compilation and evaluation are not step time."""
-        nonlocal window_start, window_steps
-        window_start, window_steps = time.perf_counter(), 0
-
-    eval_out: dict[str, Any] = {}
+    it = loader.make_iterator(r.train_src, start, jax.process_index(), jax.process_count(), d.num_workers,
+                              num_steps=max(t.steps - start, 1))
+    batches = (train_step.global_batch(b, mesh, t.global_batch) for b in it)
     try:
-        for step in range(start, t.steps):
-            batch = train_step.global_batch(next(it), mesh, t.global_batch)
-            profiler.before(step)
-            state, m = step_fn(state, batch)
-            profiler.after(step, state)
-            done = step + 1
-            pending.append((done, m))
-            if step == start:  # the first step compiles: keep it out of tokens/s and MFU
-                drain(timed=False)
-                restart_clock()
-            else:
-                drain(upto=1)
-            save_error = ckpt.poll()   # an async save that failed stops the run now, not an interval later
-            stop, save_failed = preempt.agreed(save_error is not None)
-            if save_failed:
-                raise save_error or checkpoint.CheckpointError(
-                    f"a checkpoint save failed on another process (workdir {workdir_p}); see that process's log")
-            if ckpt.should_save(done) or done == t.steps or stop:
-                drain()   # never save a state whose loss or gradient is not finite
-                ckpt.save(done, state, ckpt_cfg, {**data_meta, "position": done}, force=True)
-            if t.eval_every and (done % t.eval_every == 0 or done == t.steps) and not stop:  # preempted: hurry
-                drain()
-                eval_out = run_eval(done)
-                restart_clock()
-            if stop:
-                ckpt.wait()
-                _say(f"{preempt.signal_name or 'SIGTERM'}: saved {ckpt_dir / str(done)}; exiting (re-run the same "
-                     "command to resume)")
-                writer.close()
-                return {"step": done, "train": last, "eval": eval_out, "preempted": True,
-                        "signal": preempt.signal_name}
-        drain()
+        res = lp.run(state, batches, start=start, total=t.steps)
     except FloatingPointError as e:   # the checkpoint whose state gave the non-finite loss is not trusted
         raise FloatingPointError(ckpt.after_nonfinite(e)) from None
-    finally:
-        profiler.stop()
-        ckpt.wait()   # keep every save already started (the last good checkpoint stays on errors)
-    final = int(jax.device_get(state.step))
+    if res.stopped:
+        _say(f"{preempt.signal_name or 'SIGTERM'}: saved {r.ckpt_dir / str(res.step)}; exiting (re-run the same "
+             "command to resume)")
+        writer.close()
+        return {"step": res.step, "train": res.metrics, "eval": evaluation.last, "preempted": True,
+                "signal": preempt.signal_name}
+    final = int(jax.device_get(res.state.step))
     if final == start or not t.eval_every:
-        eval_out = run_eval(final)   # nothing trained this time (already done) or evaluation off: still show text
+        evaluation.run(final, res.state.params)   # nothing trained this time, or evaluation off: still show text
     if t.export_params:
-        path = checkpoint.export_params(workdir_p / "export", state.params, cfg.to_dict())
+        path = checkpoint.export_params(wd / "export", res.state.params, cfg.to_dict())
         _say(f"exported params to {path}")
     ckpt.close()
     writer.close()
-    return {"step": final, "train": last, "eval": eval_out, "preempted": False}
+    return {"step": final, "train": res.metrics, "eval": evaluation.last, "preempted": False}
 
 
 def _body(rest: list[str]) -> int:
