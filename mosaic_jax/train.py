@@ -88,13 +88,52 @@ def _validate(config: Any, workdir: str) -> _Run:
     return _Run(rc, mesh, train_src, val_src, data_meta, workdir_p, workdir_p / "checkpoints")
 
 
+def _restore_or_init(r: _Run, su: Any, ckpt: Any) -> Any:
+    """The newest checkpoint that restores (checkpoint.Checkpointer.restore), else a fresh sharded state."""
+    from mosaic_jax.training import train_state
+
+    restored = ckpt.restore(su.abstract_state, say=_say) if ckpt.latest_step() is not None else None
+    if restored is None:
+        return train_state.create_sharded_state(r.rc.model, su.tx, r.rc.cfg.train.seed, su.shardings)
+    step0, state, _ = restored
+    _say(f"resumed from {r.ckpt_dir / str(step0)} (step {step0})")
+    return state
+
+
+def _default_loop(r: _Run, su: Any, ckpt: Any, writer: Any, preempt: run_guard.StopRequest) -> tuple[Any, Any]:
+    """train's loop and hooks, in this order each step: Profile, LogMetrics (as metrics are fetched), Checkpoint
+    (poll, stop agreement, save), EvalAndSample (every eval_every). Returns (loop, the evaluation hook)."""
+    from mosaic_jax.data import tokenizers
+    from mosaic_jax.models import flops
+    from mosaic_jax.training import hooks, loop, run_config
+
+    cfg, t, d = r.rc.model, r.rc.cfg.train, r.rc.cfg.data
+    flops_per_token = flops.train_flops_per_token(cfg, d.seq_len)
+    peak, peak_src = flops.total_peak_flops(r.workdir, cfg.dtype, t.peak_flops)
+    _say(f"MFU: {flops_per_token / 1e6:.2f} MFLOP/token ({flops.FORMULA_VERSION}); peak "
+         f"{(peak or 0) / 1e9:,.0f} GFLOP/s ({peak_src})")
+    # several processes: compile, wait for all, then run (gloo on CPU gives a first collective only 30 s)
+    lp = loop.Loop(distributed.compile_then_align(su.train_step, "train step"))
+    evaluation = hooks.EvalAndSample(
+        writer, _say, eval_fn=distributed.compile_then_align(su.eval_step, "eval step"), source=r.val_src,
+        batches=t.eval_batches, mesh=r.mesh, cfg=cfg, tokenizer=tokenizers.load_tokenizer(d.path),
+        prompt=t.sample_prompt, sample_tokens=t.sample_tokens, temperature=t.sample_temperature)
+    lp.add_hook(hooks.Profile(run_config.parse_profile_steps(t.profile_steps, t.steps), r.workdir))
+    lp.add_hook(hooks.LogMetrics(writer, _say, lp.clock, log_every=t.log_every, total=t.steps,
+                                 tokens_per_step=t.global_batch * d.seq_len, flops_per_token=flops_per_token,
+                                 peak_flops=peak))
+    lp.add_hook(hooks.Checkpoint(ckpt, preempt, r.rc.to_dict(), r.data_meta))
+    if t.eval_every:
+        lp.add_hook(evaluation, every=t.eval_every)
+    return lp, evaluation
+
+
 def train(config: Any, workdir: str) -> dict[str, Any]:
     """Run (or resume) training; returns a summary (final step, last train/eval metrics, last sample)."""
     import jax
 
-    from mosaic_jax.data import loader, tokenizers
-    from mosaic_jax.models import flops
-    from mosaic_jax.training import checkpoint, hooks, loop, metrics, run_config, setup, train_state, train_step
+    from mosaic_jax.data import loader
+    from mosaic_jax.training import checkpoint, metrics, setup, train_state, train_step
 
     preempt = run_guard.StopRequest()
     preempt.install()   # first thing: a SIGTERM/SIGINT during set-up or compilation must not kill the run uncleanly
@@ -105,44 +144,21 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     # refuse a resume on another architecture, shape or tokenizer before creating or changing anything
     checkpoint.check_resume(r.ckpt_dir, rc.to_dict(), r.data_meta, su.abstract_state)
 
-    # ---- set up: workdir, state (restored or fresh), compiled steps, hooks -------------------------------------
+    # ---- set up: workdir, state (restored or fresh), loop and hooks --------------------------------------------
     wd.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         (wd / "config.json").write_text(rc.cfg.to_json_best_effort(indent=1) + "\n")
         checkpoint.save_tokenizer(d.path, wd)   # workdir/tokenizer/: inference works if the data moves
     ckpt = checkpoint.Checkpointer(r.ckpt_dir, every=t.checkpoint_every, keep=t.keep_checkpoints,
                                    async_save=t.async_checkpoint)
-    restored = ckpt.restore(su.abstract_state, say=_say) if ckpt.latest_step() is not None else None
-    if restored is not None:
-        step0, state, _ = restored
-        _say(f"resumed from {r.ckpt_dir / str(step0)} (step {step0})")
-    else:
-        state = train_state.create_sharded_state(cfg, su.tx, t.seed, su.shardings)
+    state = _restore_or_init(r, su, ckpt)
     start = int(jax.device_get(state.step))
     _say(f"{cfg.arch}: {train_state.count_params(state):,} params | mesh {dict(mesh.shape)} on {jax.device_count()} "
          f"{jax.devices()[0].platform} device(s) | batch {t.global_batch}x{d.seq_len} ({t.microbatches} "
          f"microbatch(es)) | steps {start}->{t.steps}")
-    # several processes: compile, wait for all, then run (gloo on CPU gives a first collective only 30 s)
-    step_fn = distributed.compile_then_align(su.train_step, "train step")
-    eval_fn = distributed.compile_then_align(su.eval_step, "eval step")
     writer = metrics.MetricWriter(wd, trackers_spec=t.trackers, wandb_project=t.wandb_project,
                                   run_config={**rc.to_dict(), "tokenizer_hash": r.data_meta["tokenizer_hash"]})
-    flops_per_token = flops.train_flops_per_token(cfg, d.seq_len)
-    peak, peak_src = flops.total_peak_flops(wd, cfg.dtype, t.peak_flops)
-    _say(f"MFU: {flops_per_token / 1e6:.2f} MFLOP/token ({flops.FORMULA_VERSION}); peak "
-         f"{(peak or 0) / 1e9:,.0f} GFLOP/s ({peak_src})")
-    evaluation = hooks.EvalAndSample(
-        writer, _say, eval_fn=eval_fn, source=r.val_src, batches=t.eval_batches, mesh=mesh, cfg=cfg,
-        tokenizer=tokenizers.load_tokenizer(d.path), prompt=t.sample_prompt, sample_tokens=t.sample_tokens,
-        temperature=t.sample_temperature)
-    lp = loop.Loop(step_fn)
-    lp.add_hook(hooks.Profile(run_config.parse_profile_steps(t.profile_steps, t.steps), wd))
-    lp.add_hook(hooks.LogMetrics(writer, _say, lp.clock, log_every=t.log_every, total=t.steps,
-                                 tokens_per_step=t.global_batch * d.seq_len, flops_per_token=flops_per_token,
-                                 peak_flops=peak))
-    lp.add_hook(hooks.Checkpoint(ckpt, preempt, rc.to_dict(), r.data_meta))
-    if t.eval_every:
-        lp.add_hook(evaluation, every=t.eval_every)
+    lp, evaluation = _default_loop(r, su, ckpt, writer, preempt)
 
     # ---- the loop -------------------------------------------------------------------------------------------
     it = loader.make_iterator(r.train_src, start, jax.process_index(), jax.process_count(), d.num_workers,
