@@ -86,6 +86,11 @@ def test_ratios_pair_rows_of_the_same_precision_and_machine_only() -> None:
     table = bench_report.markdown([r | {"step_ms": 1.0} for r in rows], {"float32": 1e11, "bfloat16": 2e11})
     assert "PyTorch reference, compile, bf16 autocast" in table and "bfloat16 200 GFLOP/s" in table
     assert "| 1.50 | 1.20 |" in table                                # the bf16 mosaic row's same-dtype ratios
+    # the baseline comes from the family (registry), not from arch names here: v2 has none, an unknown name none
+    others = [_row("mosaic_v2", "float32", "fast", 300.0), _row("plugin_x", "float32", "fast", 300.0),
+              _row("gpt2", "float32", "fast", 200.0)]
+    bench_report.add_ratios(others)
+    assert not any(k.startswith("vs_") for r in others for k in r)
 
 
 def test_torch_modes_and_their_precision_agree_with_the_reference_script() -> None:
