@@ -22,6 +22,7 @@ import re
 import zlib
 from typing import BinaryIO, Iterator, Sequence
 
+from mosaic_jax.data import hf_source
 from mosaic_jax.data.errors import DataError
 
 # Files taken when a folder is given as input (explicitly named files are always taken).
@@ -73,6 +74,8 @@ def expand_inputs(patterns: Sequence[str], include: Sequence[str] = DEFAULT_INCL
         else:
             raise DataError(f"{pattern}: input not found")
         for match in matches:
+            if os.path.isdir(match) and hf_source.is_saved_dataset(match):
+                raise DataError(f"{match}: a datasets save_to_disk folder; pass it as --input=hf:{match}")
             if os.path.isdir(match):
                 files.extend(_walk(match, include))
             elif os.path.isfile(match):
