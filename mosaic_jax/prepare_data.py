@@ -79,7 +79,7 @@ def _prepare(rest: list[str]) -> int:
     if not FLAGS.val_fraction < 1:
         raise cli_util.UsageError(f"--val_fraction={FLAGS.val_fraction}: must be in [0, 1)")
     if FLAGS.dry_run:
-        files = pipeline.expand_inputs(FLAGS.input, FLAGS.include)
+        files = ingest.expand_sources(FLAGS.input, FLAGS.include)
         for spec in filter(hf_source.is_spec, files):
             hf_source.HFReader(spec, FLAGS.text_field)   # opens it: config, split, field and first row checked
         if tokenizers.parse_train_spec(FLAGS.tokenizer) is None:

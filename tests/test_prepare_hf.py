@@ -79,6 +79,8 @@ def test_dataset_folder_prepares_the_same_store_as_the_text_file(corpus, tmp_pat
     # A re-run is a no-op; a changed folder is a different preparation and is refused.
     assert _prepare([spec], tmp_path / "from_hf").skipped
     if kind == "jsonl":
+        with pytest.raises(DataError, match=f"{spec}:nope:train: cannot open local folder .*'nope' not found"):
+            hf_source.HFReader(f"{spec}:nope:train")
         with open(os.path.join(folder, "stories.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps({"text": "One more story."}) + "\n")
         with pytest.raises(DataError, match="holds a different prepared dataset"):

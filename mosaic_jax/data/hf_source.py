@@ -195,6 +195,11 @@ class HFReader:
             what = {**what, "source": "local", "files": _folder_sha256(self.source)}
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
+    def manifest_fields(self) -> dict[str, Any]:
+        """What the manifest records of an hf: input beyond a file's fields."""
+        return {"config": self.config, "split": self.split, "text_field": self.text_field,
+                "text_sha256": self.text_sha256}
+
     def size_estimate(self) -> Optional[int]:
         """Bytes this input will yield, where ``datasets`` knows it (for progress and the tokenizer sample)."""
         if self.saved:

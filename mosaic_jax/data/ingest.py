@@ -86,6 +86,25 @@ def expand_inputs(patterns: Sequence[str], include: Sequence[str] = DEFAULT_INCL
     return unique
 
 
+def expand_sources(patterns: Sequence[str], include: Sequence[str] = DEFAULT_INCLUDE) -> list[str]:
+    """Input files and ``hf:`` specs in the order given; each run of file patterns expands as expand_inputs."""
+    if not any(map(hf_source.is_spec, patterns)):
+        return expand_inputs(patterns, include)
+    found: list[str] = []
+    run: list[str] = []
+    for pattern in patterns:
+        if hf_source.is_spec(pattern):
+            if run:
+                found.extend(expand_inputs(run, include))
+                run = []
+            found.append(pattern)
+        else:
+            run.append(pattern)
+    if run:
+        found.extend(expand_inputs(run, include))
+    return list(dict.fromkeys(found))
+
+
 def _walk(folder: str, include: Sequence[str]) -> list[str]:
     found = []
     for root, dirs, names in os.walk(folder):

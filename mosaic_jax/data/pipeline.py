@@ -242,22 +242,6 @@ def _existing(output: str, fingerprint: str, identity: dict[str, Any]) -> dict[s
     )
 
 
-def expand_inputs(patterns: Sequence[str], include: Sequence[str]) -> list[str]:
-    """Input files and ``hf:`` specs in the order given (runs of file patterns expand as ingest.expand_inputs)."""
-    found: list[str] = []
-    run: list[str] = []
-    for pattern in [*patterns, hf_source.PREFIX]:   # the sentinel flushes the last run
-        if hf_source.is_spec(pattern):
-            if run:
-                found.extend(ingest.expand_inputs(run, include))
-                run = []
-            if pattern != hf_source.PREFIX:
-                found.append(pattern)
-        else:
-            run.append(pattern)
-    return list(dict.fromkeys(found))
-
-
 def _outside(output: str, files: list[str]) -> list[str]:
     """Input files minus those inside the output folder (an output under an input folder must not read its own
     manifest back as input on a re-run); ``hf:`` inputs are kept."""
@@ -266,12 +250,6 @@ def _outside(output: str, files: list[str]) -> list[str]:
     if not kept:
         raise DataError(f"{output}: every input file lies inside the output folder")
     return kept
-
-
-def _hf_fields(reader: hf_source.HFReader) -> dict[str, Any]:
-    """What the manifest records of an hf: input beyond a file's fields (bytes is an estimate or None)."""
-    return {"config": reader.config, "split": reader.split, "text_field": reader.text_field,
-            "text_sha256": reader.text_sha256}
 
 
 def _remove_stale_temporaries(parent: str, name: str) -> None:
@@ -313,8 +291,8 @@ def prepare(
         tokenizer_id = tok.hash
     else:
         tokenizer_id = f"train:sp-{train_spec[0]}:{train_spec[1]}"
-    train_files = _outside(output, expand_inputs(inputs, options.include))
-    val_files = _outside(output, expand_inputs(validation_inputs, options.include)) if validation_inputs else []
+    train_files = _outside(output, ingest.expand_sources(inputs, options.include))
+    val_files = _outside(output, ingest.expand_sources(validation_inputs, options.include)) if validation_inputs else []
     # hf: inputs are opened now (config, split, field and first row checked); files are sniffed below.
     opened = {p: hf_source.HFReader(p, options.text_field) for p in train_files + val_files if hf_source.is_spec(p)}
     sources = [
@@ -397,7 +375,7 @@ def prepare(
             "sources": [
                 {**s, "format": r.format, "separator": r.separator if r.format == "text" else None,
                  "num_docs": r.num_docs, "text_bytes": r.text_bytes, "replaced_bytes": r.replaced_bytes,
-                 **(_hf_fields(r) if isinstance(r, hf_source.HFReader) else {})}
+                 **(r.manifest_fields() if isinstance(r, hf_source.HFReader) else {})}
                 for s, (r, _) in zip(sources, readers)
             ],
             "stats": {"text_bytes": text_bytes, "seconds": round(seconds, 3),
