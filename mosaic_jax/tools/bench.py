@@ -19,6 +19,10 @@ MFU = train_flops_per_token (flops.py: 3 × forward matmul FLOPs, full T×T, rem
 The peak is the table value on accelerators, and on CPU the best matmul rate (1024³) measured in every round of
 this run in the row's compute dtype (bfloat16 operands with float32 accumulation for bfloat16), unless
 --peak_flops is given.
+Profile: --profile=DIR writes a jax.profiler trace of every JAX row's step to DIR/<row name>/ (training.profiling,
+as train.profile_steps): after the timed rounds, so that the profiler's overhead stays out of the reported times,
+each row runs --profile_steps more steps of the same compiled step under the trace; the row records their median
+as `profiled_step_ms` and the folder as `profile_dir`. Open it with `tensorboard --logdir DIR` or xprof.
 Memory: per row, XLA's compiled footprint of the step (arguments + outputs + temporaries − aliased); per run,
 `device_peak_gb`, the device's peak bytes in use over all variants together where the backend reports it
 (GPU, TPU): run one variant per call to read it as that variant's peak.
@@ -30,6 +34,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import statistics
 import subprocess
 import sys
@@ -44,7 +49,7 @@ from absl import flags
 from mosaic_jax import cli_util
 from mosaic_jax.models import flops, lm, registry
 from mosaic_jax.tools import bench_report, hostinfo
-from mosaic_jax.training import optim, train_state, train_step
+from mosaic_jax.training import optim, profiling, train_state, train_step
 from mosaic_jax.models.config import ModelConfig
 
 # name -> (n_layer, n_embd, n_head, pmem_size, vocab_size); P = 3.5·C gives the GPT-2 layer's FLOPs/params
@@ -206,6 +211,30 @@ def interleave(variants: Sequence[Variant], rounds: int, pause: float, cpu_peaks
             cpu_peaks[dtype] = max(cpu_peaks[dtype], flops.measure_cpu_peak(dtype, repeats=5))
 
 
+def row_name(row: dict[str, Any]) -> str:
+    """A row's folder name under --profile: bench, arch, size, T, B, dtype, impl (what varies between rows)."""
+    name = f"{row['bench']}_{row['arch']}_{row['size']}_T{row['T']}_B{row['B']}_{row['dtype']}_{row['impl']}"
+    return re.sub(r"[^\w.+=-]", "_", name)
+
+
+def profile_rows(variants: Sequence[Variant], root: str, steps: int) -> None:
+    """Trace `steps` further steps of every JAX row into root/<row name>/ (torch rows run in another process)."""
+    for v in variants:
+        if "torch" in v.row:
+            continue
+        directory = pathlib.Path(root) / row_name(v.row)
+        profiler = profiling.StepProfiler((0, steps), directory, 0, 1, directory=directory)
+        times = []
+        for i in range(steps):
+            profiler.before(i)
+            t0 = time.perf_counter()
+            own = v.run()   # blocks until the step is done
+            times.append(time.perf_counter() - t0 if own is None else own)
+            profiler.after(i, None)
+        v.row |= {"profile_dir": str(directory), "profiled_step_ms": statistics.median(times) * 1e3}
+        print(f"[bench] profile of {row_name(v.row)}: {directory}", file=sys.stderr, flush=True)
+
+
 def finish(v: Variant, peak: tuple[Optional[float], str], load: dict[str, list[float]]) -> dict[str, Any]:
     r = dict(v.row)
     med, best = statistics.median(v.times), min(v.times)
@@ -248,6 +277,9 @@ flags.DEFINE_float("peak_flops", 0.0, "Per-device peak FLOP/s (0: table/measured
 flags.DEFINE_bool("markdown", False, "Print a markdown table after the JSON lines.", flag_values=FLAGS)
 flags.DEFINE_string("out", "", "Also append the JSON lines to this file.", flag_values=FLAGS)
 flags.DEFINE_string("plot", "", "Also write a PNG bar chart of training tokens/s to this path.", flag_values=FLAGS)
+flags.DEFINE_string("profile", "", "Write a jax.profiler trace of every JAX row's step to DIR/<row name>/ (after "
+                    "the timed rounds, which stay untraced).", flag_values=FLAGS)
+flags.DEFINE_integer("profile_steps", 3, "Steps per row traced by --profile.", lower_bound=1, flag_values=FLAGS)
 
 
 def parse(argv: Optional[Sequence[str]]) -> types.SimpleNamespace:
@@ -263,6 +295,10 @@ def parse(argv: Optional[Sequence[str]]) -> types.SimpleNamespace:
         check_args(a)
         if a.out:   # appended to at the end: a missing folder would lose the whole run's rows
             cli_util.check_out_parent("out", a.out)
+        if a.profile:
+            cli_util.check_out_parent("profile", a.profile)
+            if os.path.exists(a.profile) and not os.path.isdir(a.profile):
+                raise cli_util.CommandError(f"--profile={a.profile}: exists and is not a folder")
     except ValueError as e:    # before anything is compiled
         raise SystemExit(cli_util.report("bench", e, cli_util.USAGE_EXIT))
     except cli_util.CommandError as e:
@@ -333,6 +369,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     peaks = {v.row["dtype"]: 0.0 for v in variants} if cpu else {}
     interleave(variants, a.rounds, a.pause, peaks)
     load = {"start": load0, "end": [round(x, 2) for x in os.getloadavg()]}
+    if a.profile:
+        profile_rows(variants, a.profile, a.profile_steps)
     rows = [finish(v, peak_for(v.row["dtype"], a.peak_flops, peaks), load) for v in variants]
     bench_report.add_ratios(rows)
     meta = {"jax": jax.__version__, "backend": jax.default_backend(), "device_peak_gb": device_peak_gb(),
