@@ -26,9 +26,9 @@ measure() {   # measure LABEL ARGS...: one pytest run, one line
   shift
   load="$(cut -d' ' -f1-3 /proc/loadavg)"
   /usr/bin/time -f "%U %S %e" -o "$times" "$PY" -m pytest -q -p no:cacheprovider "$@" >"$log" 2>&1 || status=1
-  awk -v load="$load" -v tail="$(tail -n 1 "$log")" -v label="$label" \
-    '{printf "cpu %.1f (user %s sys %s) wall %s load[%s] %s :: %s\n", $1 + $2, $1, $2, $3, load, tail, label}' \
-    "$times"
+  # the last line: time puts "Command exited with non-zero status N" before the figures on a failure
+  tail -n 1 "$times" | awk -v load="$load" -v tail="$(tail -n 1 "$log")" -v label="$label" \
+    '{printf "cpu %.1f (user %s sys %s) wall %s load[%s] %s :: %s\n", $1 + $2, $1, $2, $3, load, tail, label}'
 }
 
 if [ "$1" = "--suite" ]; then
