@@ -14,12 +14,13 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.metadata
-from typing import Any, Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
-import jax
+if TYPE_CHECKING:   # annotations only: importing jax here would cost every CLI's --help ~1 s
+    import jax
 
-Array = jax.Array
-Initializer = Callable[..., Array]
+Array = "jax.Array"
+Initializer = Callable[..., "jax.Array"]
 
 BUILTIN_MODULES = ("mosaic_jax.models.mosaic.family", "mosaic_jax.models.mosaic_v2.family",
                    "mosaic_jax.models.gpt2.family")

@@ -42,15 +42,15 @@ import time
 import types
 from typing import Any, Callable, Optional, Sequence
 
-import jax
-import jax.numpy as jnp
 from absl import flags
 
 from mosaic_jax import cli_util
-from mosaic_jax.models import flops, lm, registry
-from mosaic_jax.tools import bench_report, hostinfo
-from mosaic_jax.training import optim, profiling, train_state, train_step
+from mosaic_jax.models import registry
+from mosaic_jax.tools import bench_report
 from mosaic_jax.models.config import ModelConfig
+
+# jax, the model and the training step are imported in the functions that run them: --help and a bad flag answer
+# in a fraction of a second instead of after jax's ~2 s import.
 
 # name -> (n_layer, n_embd, n_head, pmem_size, vocab_size); P = 3.5·C gives the GPT-2 layer's FLOPs/params
 SIZES: dict[str, tuple[int, int, int, int, int]] = {
@@ -73,6 +73,7 @@ class Variant:
 
 
 def device_name() -> str:
+    from mosaic_jax.tools import hostinfo
     return hostinfo.device_fields()["device"]
 
 
@@ -101,6 +102,7 @@ def model_config(arch: str, size: str, seq: int, dtype: str, impl: str, dropout:
 
 def device_peak_gb() -> Optional[float]:
     """Peak bytes in use on the first local device since the process started (None where not reported: CPU)."""
+    import jax
     stats = jax.local_devices()[0].memory_stats() or {}
     return stats["peak_bytes_in_use"] / 2 ** 30 if "peak_bytes_in_use" in stats else None
 
@@ -115,6 +117,11 @@ def xla_memory_bytes(compiled: Any) -> Optional[int]:
 
 def train_variant(cfg: ModelConfig, batch: int, seq: int, warmup: int) -> Variant:
     """The real training step (train_step.make_train_step: AdamW + clip, donated state), compiled and warmed."""
+    import jax
+    import jax.numpy as jnp
+
+    from mosaic_jax.models import flops, lm
+    from mosaic_jax.training import optim, train_state, train_step
     tx = optim.make_optimizer(optim.OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=0, decay_steps=10 ** 6),
                               optim.decay_mask(lm.param_axes(cfg)))
     step = train_step.make_train_step(cfg, tx, lambda s: 1e-3, dropout=cfg.ic_dropout > 0 or cfg.hd_dropout > 0)
@@ -140,7 +147,11 @@ def train_variant(cfg: ModelConfig, batch: int, seq: int, warmup: int) -> Varian
 
 def decode_variant(cfg: ModelConfig, batch: int, prompt: int, new: int, warmup: int) -> Variant:
     """Prefill `prompt` tokens, then time `new` single-token steps (decode.step_jit, cache donated)."""
+    import jax
+    import jax.numpy as jnp
+
     from mosaic_jax.inference import decode
+    from mosaic_jax.models import lm
     params = lm.init_params(cfg, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (batch, prompt), 0, cfg.vocab_size, jnp.int32)
     lengths = jnp.full((batch,), prompt, jnp.int32)
@@ -164,6 +175,7 @@ def decode_variant(cfg: ModelConfig, batch: int, prompt: int, new: int, warmup: 
 
 def torch_variant(mode: str, size: str, batch: int, seq: int, warmup: int) -> Variant:
     """The PyTorch reference in a worker process (benchmarks/torch_reference.py --serve), one step per call."""
+    from mosaic_jax.models import flops
     L, C, H, P, V = SIZES[size]
     cmd = [sys.executable, str(REFERENCE_SCRIPT), "--serve", f"--modes={mode}", f"--layers={L}", f"--embd={C}",
            f"--heads={H}", f"--pmem={P}", f"--vocab={V}", f"--seq={seq}", f"--batch={batch}",
@@ -184,6 +196,9 @@ def torch_variant(mode: str, size: str, batch: int, seq: int, warmup: int) -> Va
 
 
 def peak_for(dtype: str, override: float, cpu_peaks: dict[str, float]) -> tuple[Optional[float], str]:
+    import jax
+
+    from mosaic_jax.models import flops
     if override > 0:
         return override * jax.device_count(), "--peak_flops"
     if jax.devices()[0].platform != "cpu":
@@ -195,6 +210,7 @@ def peak_for(dtype: str, override: float, cpu_peaks: dict[str, float]) -> tuple[
 def interleave(variants: Sequence[Variant], rounds: int, pause: float, cpu_peaks: dict[str, float]) -> None:
     """One step of every variant per round; on CPU the matmul peak of each dtype is measured in every round
     too (its best is kept), so that MFU is taken against the same machine state as the steps."""
+    from mosaic_jax.models import flops
     t_start = time.perf_counter()
     for i in range(rounds):
         if i:
@@ -219,6 +235,7 @@ def row_name(row: dict[str, Any]) -> str:
 
 def profile_rows(variants: Sequence[Variant], root: str, steps: int) -> None:
     """Trace `steps` further steps of every JAX row into root/<row name>/ (torch rows run in another process)."""
+    from mosaic_jax.training import profiling
     for v in variants:
         if "torch" in v.row:
             continue
@@ -236,6 +253,7 @@ def profile_rows(variants: Sequence[Variant], root: str, steps: int) -> None:
 
 
 def finish(v: Variant, peak: tuple[Optional[float], str], load: dict[str, list[float]]) -> dict[str, Any]:
+    from mosaic_jax.models import flops
     r = dict(v.row)
     med, best = statistics.median(v.times), min(v.times)
     if r["bench"] == "decode":
@@ -333,7 +351,10 @@ def check_args(a: Any) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
-    a = parse(argv)
+    a = parse(argv)   # before importing jax: --help and flag errors answer at once
+    import jax
+
+    from mosaic_jax.tools import hostinfo
     lists = {k: [x for x in getattr(a, k).split(",") if x] for k in ("arch", "size", "seq", "dtype", "impl", "torch")}
     dev = hostinfo.device_fields()
     variants: list[Variant] = []
