@@ -12,7 +12,6 @@ table (`experiments/claims.py`) reads these files, never the markdown.
 from __future__ import annotations
 
 import json
-import pathlib
 import re
 
 import _util  # noqa: F401

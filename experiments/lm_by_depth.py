@@ -207,7 +207,6 @@ def main(argv=None) -> dict:
     plt.close(fig)
 
     # --- tables ---
-    from mosaic_jax.models import lm as M
     rows_fit = []
     for arch, depth in runs:
         m = metrics[(arch, depth)]

@@ -21,7 +21,6 @@ import datetime
 import json
 import os
 import pathlib
-import sys
 import time
 
 import _util  # noqa: F401  (puts the repo root on sys.path)

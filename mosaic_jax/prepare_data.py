@@ -4,7 +4,8 @@ r"""Prepare text corpora into a token store for training.
         --tokenizer=sp:8192
 
 Inputs are files, folders (walked for --include patterns) or globs, comma-separated; plain text, JSONL or
-gzip of either. --tokenizer: sp:N (train sentencepiece BPE), sp-unigram:N, byte, gpt2 (tiktoken), hf:PATH (tokenizer.json), or a
+gzip of either; or Hugging Face datasets, streamed: hf:ORG/NAME[:CONFIG][:SPLIT][@TEXT_FIELD], where ORG/NAME
+may also be a local folder of data files or a save_to_disk folder. --tokenizer: sp:N (train sentencepiece BPE), sp-unigram:N, byte, gpt2 (tiktoken), hf:PATH (tokenizer.json), or a
 sentencepiece .model file. Re-running with the same inputs and flags is a no-op; an output folder that
 holds a different preparation is refused. A bad flag exits with status 2, bad input with 1, each with a
 one-line error. (mosaic-prepare is the same command.)
@@ -18,12 +19,13 @@ from typing import Optional, Sequence
 from absl import flags
 
 from mosaic_jax import cli_util
-from mosaic_jax.data import ingest, pipeline, store, tokenizers
+from mosaic_jax.data import hf_source, ingest, pipeline, store, tokenizers
 from mosaic_jax.data.errors import DataError
 
 _D = pipeline.PrepareOptions()
 FLAGS = flags.FlagValues()
-flags.DEFINE_list("input", None, "Input files, folders or globs (comma-separated).", flag_values=FLAGS)
+flags.DEFINE_list("input", None, "Input files, folders or globs, or hf:ORG/NAME[:CONFIG][:SPLIT][@TEXT_FIELD] "
+                  "(a hub id, local dataset folder or save_to_disk folder), comma-separated.", flag_values=FLAGS)
 flags.DEFINE_list("validation_input", [], "Optional inputs that form the whole validation split (then "
                   "--val_fraction is unused).", flag_values=FLAGS)
 flags.DEFINE_string("out", None, "Output folder (created; must not hold a different preparation; files inside it "
@@ -77,10 +79,12 @@ def _prepare(rest: list[str]) -> int:
     if not FLAGS.val_fraction < 1:
         raise cli_util.UsageError(f"--val_fraction={FLAGS.val_fraction}: must be in [0, 1)")
     if FLAGS.dry_run:
-        files = ingest.expand_inputs(FLAGS.input, FLAGS.include)
+        files = ingest.expand_sources(FLAGS.input, FLAGS.include)
+        for spec in filter(hf_source.is_spec, files):
+            hf_source.HFReader(spec, FLAGS.text_field)   # opens it: config, split, field and first row checked
         if tokenizers.parse_train_spec(FLAGS.tokenizer) is None:
             tokenizers.load_tokenizer(FLAGS.tokenizer)
-        print(f"would prepare {len(files)} file(s) into {FLAGS.out} with tokenizer {FLAGS.tokenizer}")
+        print(f"would prepare {len(files)} input(s) into {FLAGS.out} with tokenizer {FLAGS.tokenizer}")
         return 0
     options = pipeline.PrepareOptions(
         format=FLAGS.format,

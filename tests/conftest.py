@@ -49,3 +49,22 @@ def prepared_byte(data_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFacto
     src = data_dir / "tinystories" / "train_v2gpt4_prefix.txt"
     pipeline.prepare([str(src)], str(out), "byte", pipeline.PrepareOptions(val_fraction=0.05), num_workers=1, progress=False)
     return out
+
+
+# --- scheduling under pytest-xdist (pyproject: --dist=loadfile --no-loadscope-reorder) -----------------------
+# With --dist=loadfile each file runs whole on one worker (its module fixtures, e.g. a shared training run, are
+# built once), and workers take files in collection order. The files below are the heaviest, in decreasing CPU
+# seconds (CI `--durations` and benchmarks/suite_time.sh): they start first, so that the last file to start is
+# a short one and the two workers finish together instead of one waiting ~3 minutes for test_distributed.py.
+# Every other file keeps its place after them. A file missing from this list only costs balance, not correctness.
+HEAVY_FILES_FIRST = (
+    "test_distributed.py", "test_train_cli.py", "test_experiments_smoke.py", "test_v2_experiment.py",
+    "test_science_v2.py", "test_train_io.py", "test_readme.py", "test_bench.py", "test_v2.py", "test_sweep.py",
+    "test_fast_paths.py", "test_generate_tokenizer.py", "test_lm_eval.py",
+)
+
+
+@pytest.hookimpl(trylast=True)   # after pytest's own fixture-scope ordering, which a stable sort keeps per file
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(HEAVY_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -1,16 +1,17 @@
 """Smoke test of the benchmark harness (CPU): rows are complete, name the device, and the table renders."""
 import importlib.util
 import json
+import pathlib
 
 import pytest
 
 from mosaic_jax.tools import bench, bench_report, hostinfo
 
 
-def test_bench_smoke_rows_and_markdown(capsys: pytest.CaptureFixture, tmp_path) -> None:
+def test_bench_smoke_rows_markdown_and_profiles(capsys: pytest.CaptureFixture, tmp_path) -> None:
     png = tmp_path / "plot" / "bench.png"
     rows = bench.main(["--smoke", "--arch=mosaic,gpt2", "--impl=fast", "--rounds=1", "--decode_tokens=2",
-                       "--markdown", f"--plot={png}"])
+                       "--markdown", f"--plot={png}", f"--profile={tmp_path / 'prof'}", "--profile_steps=1"])
     out = capsys.readouterr().out
     lines = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
     assert len(lines) == len(rows) == 4      # (mosaic, gpt2) x (train, decode)
@@ -26,6 +27,21 @@ def test_bench_smoke_rows_and_markdown(capsys: pytest.CaptureFixture, tmp_path) 
     assert mosaic["vs_gpt2"] > 0
     assert "| device |" in out and out.count("| cpu") == 4 and "Load average" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --profile: one jax.profiler trace per row (what TensorBoard's profile plugin / xprof open), taken after the
+    # timed rounds, whose timing above is still there and untraced.
+    folders = {r["profile_dir"] for r in lines}
+    assert len(folders) == 4 and (tmp_path / "prof" / "train_mosaic_tiny_T32_B2_float32_fast").is_dir()
+    for r in lines:
+        assert r["profile_dir"] == str(tmp_path / "prof" / bench.row_name(r)) and r["profiled_step_ms"] > 0
+        traces = list(pathlib.Path(r["profile_dir"]).glob("plugins/profile/*/*.xplane.pb"))
+        assert len(traces) == 1 and traces[0].stat().st_size > 0
+
+
+def test_bench_profile_path_that_is_a_file_fails_at_once(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--size=tiny", f"--profile={tmp_path / 'f'}"])
+    assert e.value.code == 1 and "--profile=" in capsys.readouterr().err
 
 
 def test_bench_impl_overrides() -> None:
@@ -86,6 +102,11 @@ def test_ratios_pair_rows_of_the_same_precision_and_machine_only() -> None:
     table = bench_report.markdown([r | {"step_ms": 1.0} for r in rows], {"float32": 1e11, "bfloat16": 2e11})
     assert "PyTorch reference, compile, bf16 autocast" in table and "bfloat16 200 GFLOP/s" in table
     assert "| 1.50 | 1.20 |" in table                                # the bf16 mosaic row's same-dtype ratios
+    # the baseline comes from the family (registry), not from arch names here: v2 has none, an unknown name none
+    others = [_row("mosaic_v2", "float32", "fast", 300.0), _row("plugin_x", "float32", "fast", 300.0),
+              _row("gpt2", "float32", "fast", 200.0)]
+    bench_report.add_ratios(others)
+    assert not any(k.startswith("vs_") for r in others for k in r)
 
 
 def test_torch_modes_and_their_precision_agree_with_the_reference_script() -> None:

@@ -24,10 +24,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from mosaic_jax.training import checkpoint
@@ -38,6 +34,16 @@ from mosaic_jax.models.lm import apply  # noqa: E402
 from _tiny_params import random_params  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _hf_libraries():
+    """torch and transformers (optional dependencies) are imported when this file's tests run, not when pytest
+    collects it: their import costs ~6 s of CPU on every xdist worker, and only one worker runs this file."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+
+
 TOL = 1e-4
 ARCHS = {
     "gpt2": dict(arch="gpt2", bias=True),
@@ -66,6 +72,7 @@ def _tiny_workdir(root, arch):
 
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_export_logits_and_generate_match(arch, sp_model, tmp_path):
+    import torch
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     sp_path, text = sp_model
@@ -121,6 +128,7 @@ def test_byte_tokenizer_json_matches():
 # ---- import ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("tied", [True, False])
 def test_import_gpt2_logits_equal(tied, tmp_path):
+    import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from mosaic_jax.hf.import_gpt2 import load_hf_gpt2
@@ -200,6 +208,7 @@ def _export(env, *args):
 
 @pytest.mark.slow
 def test_export_cli_on_a_trained_run(trained_run, env, tmp_path):
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mosaic_jax.generate import load_for_inference

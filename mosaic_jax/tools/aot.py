@@ -45,7 +45,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from mosaic_jax import cli_util
-from mosaic_jax.kernels import platform
 from mosaic_jax.tools import aot_scaling
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -289,7 +288,8 @@ def _aot(rest: list[str]) -> int:
     if FLAGS.out:
         cli_util.check_out_parent("out", FLAGS.out)
 
-    import jax
+    import jax   # here, not at the top: --help and flag errors answer without importing jax
+    from mosaic_jax.kernels import platform
     from mosaic_jax.training.run_config import ConfigError
     try:
         mesh = (config.mesh.data, config.mesh.fsdp, config.mesh.tensor)

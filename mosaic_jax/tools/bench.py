@@ -19,6 +19,10 @@ MFU = train_flops_per_token (flops.py: 3 × forward matmul FLOPs, full T×T, rem
 The peak is the table value on accelerators, and on CPU the best matmul rate (1024³) measured in every round of
 this run in the row's compute dtype (bfloat16 operands with float32 accumulation for bfloat16), unless
 --peak_flops is given.
+Profile: --profile=DIR writes a jax.profiler trace of every JAX row's step to DIR/<row name>/ (training.profiling,
+as train.profile_steps): after the timed rounds, so that the profiler's overhead stays out of the reported times,
+each row runs --profile_steps more steps of the same compiled step under the trace; the row records their median
+as `profiled_step_ms` and the folder as `profile_dir`. Open it with `tensorboard --logdir DIR` or xprof.
 Memory: per row, XLA's compiled footprint of the step (arguments + outputs + temporaries − aliased); per run,
 `device_peak_gb`, the device's peak bytes in use over all variants together where the backend reports it
 (GPU, TPU): run one variant per call to read it as that variant's peak.
@@ -30,6 +34,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import statistics
 import subprocess
 import sys
@@ -37,16 +42,15 @@ import time
 import types
 from typing import Any, Callable, Optional, Sequence
 
-import jax
-import jax.numpy as jnp
 from absl import flags
 
 from mosaic_jax import cli_util
-from mosaic_jax.models import flops, lm, registry
-from mosaic_jax.tools import bench_report, hostinfo
-from mosaic_jax.parallel import sharding
-from mosaic_jax.training import optim, setup, train_state
+from mosaic_jax.models import registry
+from mosaic_jax.tools import bench_report
 from mosaic_jax.models.config import ModelConfig
+
+# jax, the model and the training step are imported in the functions that run them: --help and a bad flag answer
+# in a fraction of a second instead of after jax's ~2 s import.
 
 # name -> (n_layer, n_embd, n_head, pmem_size, vocab_size); P = 3.5·C gives the GPT-2 layer's FLOPs/params
 SIZES: dict[str, tuple[int, int, int, int, int]] = {
@@ -57,8 +61,6 @@ SIZES: dict[str, tuple[int, int, int, int, int]] = {
 }
 PLAIN = dict(cmem_impl="dense", pmem_impl="dense", loss_impl="dense", proj_impl="dense")   # every fast path off
 TORCH_MODES = {"eager": "float32", "compile": "float32", "eager-bf16": "bfloat16", "compile-bf16": "bfloat16"}
-# Peak lr from step 0 and a cosine too long to move within a benchmark: every timed step does the same work.
-BENCH_OPTIM = optim.OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=0, decay_steps=10 ** 6)
 REFERENCE_SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "torch_reference.py"
 
 
@@ -71,6 +73,7 @@ class Variant:
 
 
 def device_name() -> str:
+    from mosaic_jax.tools import hostinfo
     return hostinfo.device_fields()["device"]
 
 
@@ -99,6 +102,7 @@ def model_config(arch: str, size: str, seq: int, dtype: str, impl: str, dropout:
 
 def device_peak_gb() -> Optional[float]:
     """Peak bytes in use on the first local device since the process started (None where not reported: CPU)."""
+    import jax
     stats = jax.local_devices()[0].memory_stats() or {}
     return stats["peak_bytes_in_use"] / 2 ** 30 if "peak_bytes_in_use" in stats else None
 
@@ -114,8 +118,16 @@ def xla_memory_bytes(compiled: Any) -> Optional[int]:
 def train_variant(cfg: ModelConfig, batch: int, seq: int, warmup: int) -> Variant:
     """The training step `mosaic_jax.train` runs (training.setup.build: AdamW + clip, donated state, jitted with the
     state's shardings) on a one-device mesh, compiled and warmed."""
+    import jax
+    import jax.numpy as jnp
+
+    from mosaic_jax.models import flops
+    from mosaic_jax.parallel import sharding
+    from mosaic_jax.training import optim, setup, train_state
+    # Peak lr from step 0 and a cosine too long to move within a benchmark: every timed step does the same work.
+    optim_cfg = optim.OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=0, decay_steps=10 ** 6)
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    su = setup.build(cfg, BENCH_OPTIM, mesh, dropout=cfg.ic_dropout > 0 or cfg.hd_dropout > 0)
+    su = setup.build(cfg, optim_cfg, mesh, dropout=cfg.ic_dropout > 0 or cfg.hd_dropout > 0)
     state = train_state.create_sharded_state(cfg, su.tx, 0, su.shardings)
     tokens = jax.random.randint(jax.random.key(1), (batch, seq + 1), 0, cfg.vocab_size, jnp.int32)
     data = jax.device_put({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}, sharding.batch_sharding(mesh))
@@ -138,7 +150,11 @@ def train_variant(cfg: ModelConfig, batch: int, seq: int, warmup: int) -> Varian
 
 def decode_variant(cfg: ModelConfig, batch: int, prompt: int, new: int, warmup: int) -> Variant:
     """Prefill `prompt` tokens, then time `new` single-token steps (decode.step_jit, cache donated)."""
+    import jax
+    import jax.numpy as jnp
+
     from mosaic_jax.inference import decode
+    from mosaic_jax.models import lm
     params = lm.init_params(cfg, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (batch, prompt), 0, cfg.vocab_size, jnp.int32)
     lengths = jnp.full((batch,), prompt, jnp.int32)
@@ -162,6 +178,7 @@ def decode_variant(cfg: ModelConfig, batch: int, prompt: int, new: int, warmup: 
 
 def torch_variant(mode: str, size: str, batch: int, seq: int, warmup: int) -> Variant:
     """The PyTorch reference in a worker process (benchmarks/torch_reference.py --serve), one step per call."""
+    from mosaic_jax.models import flops
     L, C, H, P, V = SIZES[size]
     cmd = [sys.executable, str(REFERENCE_SCRIPT), "--serve", f"--modes={mode}", f"--layers={L}", f"--embd={C}",
            f"--heads={H}", f"--pmem={P}", f"--vocab={V}", f"--seq={seq}", f"--batch={batch}",
@@ -182,6 +199,9 @@ def torch_variant(mode: str, size: str, batch: int, seq: int, warmup: int) -> Va
 
 
 def peak_for(dtype: str, override: float, cpu_peaks: dict[str, float]) -> tuple[Optional[float], str]:
+    import jax
+
+    from mosaic_jax.models import flops
     if override > 0:
         return override * jax.device_count(), "--peak_flops"
     if jax.devices()[0].platform != "cpu":
@@ -193,6 +213,7 @@ def peak_for(dtype: str, override: float, cpu_peaks: dict[str, float]) -> tuple[
 def interleave(variants: Sequence[Variant], rounds: int, pause: float, cpu_peaks: dict[str, float]) -> None:
     """One step of every variant per round; on CPU the matmul peak of each dtype is measured in every round
     too (its best is kept), so that MFU is taken against the same machine state as the steps."""
+    from mosaic_jax.models import flops
     t_start = time.perf_counter()
     for i in range(rounds):
         if i:
@@ -209,7 +230,33 @@ def interleave(variants: Sequence[Variant], rounds: int, pause: float, cpu_peaks
             cpu_peaks[dtype] = max(cpu_peaks[dtype], flops.measure_cpu_peak(dtype, repeats=5))
 
 
+def row_name(row: dict[str, Any]) -> str:
+    """A row's folder name under --profile: bench, arch, size, T, B, dtype, impl (what varies between rows)."""
+    name = f"{row['bench']}_{row['arch']}_{row['size']}_T{row['T']}_B{row['B']}_{row['dtype']}_{row['impl']}"
+    return re.sub(r"[^\w.+=-]", "_", name)
+
+
+def profile_rows(variants: Sequence[Variant], root: str, steps: int) -> None:
+    """Trace `steps` further steps of every JAX row into root/<row name>/ (torch rows run in another process)."""
+    from mosaic_jax.training import profiling
+    for v in variants:
+        if "torch" in v.row:
+            continue
+        directory = pathlib.Path(root) / row_name(v.row)
+        profiler = profiling.StepProfiler((0, steps), directory, 0, 1, directory=directory)
+        times = []
+        for i in range(steps):
+            profiler.before(i)
+            t0 = time.perf_counter()
+            own = v.run()   # blocks until the step is done
+            times.append(time.perf_counter() - t0 if own is None else own)
+            profiler.after(i, None)
+        v.row |= {"profile_dir": str(directory), "profiled_step_ms": statistics.median(times) * 1e3}
+        print(f"[bench] profile of {row_name(v.row)}: {directory}", file=sys.stderr, flush=True)
+
+
 def finish(v: Variant, peak: tuple[Optional[float], str], load: dict[str, list[float]]) -> dict[str, Any]:
+    from mosaic_jax.models import flops
     r = dict(v.row)
     med, best = statistics.median(v.times), min(v.times)
     if r["bench"] == "decode":
@@ -251,6 +298,9 @@ flags.DEFINE_float("peak_flops", 0.0, "Per-device peak FLOP/s (0: table/measured
 flags.DEFINE_bool("markdown", False, "Print a markdown table after the JSON lines.", flag_values=FLAGS)
 flags.DEFINE_string("out", "", "Also append the JSON lines to this file.", flag_values=FLAGS)
 flags.DEFINE_string("plot", "", "Also write a PNG bar chart of training tokens/s to this path.", flag_values=FLAGS)
+flags.DEFINE_string("profile", "", "Write a jax.profiler trace of every JAX row's step to DIR/<row name>/ (after "
+                    "the timed rounds, which stay untraced).", flag_values=FLAGS)
+flags.DEFINE_integer("profile_steps", 3, "Steps per row traced by --profile.", lower_bound=1, flag_values=FLAGS)
 
 
 def parse(argv: Optional[Sequence[str]]) -> types.SimpleNamespace:
@@ -266,6 +316,10 @@ def parse(argv: Optional[Sequence[str]]) -> types.SimpleNamespace:
         check_args(a)
         if a.out:   # appended to at the end: a missing folder would lose the whole run's rows
             cli_util.check_out_parent("out", a.out)
+        if a.profile:
+            cli_util.check_out_parent("profile", a.profile)
+            if os.path.exists(a.profile) and not os.path.isdir(a.profile):
+                raise cli_util.CommandError(f"--profile={a.profile}: exists and is not a folder")
     except ValueError as e:    # before anything is compiled
         raise SystemExit(cli_util.report("bench", e, cli_util.USAGE_EXIT))
     except cli_util.CommandError as e:
@@ -300,7 +354,10 @@ def check_args(a: Any) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
-    a = parse(argv)
+    a = parse(argv)   # before importing jax: --help and flag errors answer at once
+    import jax
+
+    from mosaic_jax.tools import hostinfo
     lists = {k: [x for x in getattr(a, k).split(",") if x] for k in ("arch", "size", "seq", "dtype", "impl", "torch")}
     dev = hostinfo.device_fields()
     variants: list[Variant] = []
@@ -336,6 +393,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
     peaks = {v.row["dtype"]: 0.0 for v in variants} if cpu else {}
     interleave(variants, a.rounds, a.pause, peaks)
     load = {"start": load0, "end": [round(x, 2) for x in os.getloadavg()]}
+    if a.profile:
+        profile_rows(variants, a.profile, a.profile_steps)
     rows = [finish(v, peak_for(v.row["dtype"], a.peak_flops, peaks), load) for v in variants]
     bench_report.add_ratios(rows)
     meta = {"jax": jax.__version__, "backend": jax.default_backend(), "device_peak_gb": device_peak_gb(),

@@ -22,7 +22,7 @@ from mosaic_jax.data import ingest, loader, pipeline, store
 from mosaic_jax.data.errors import DataError
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_list("input", ["../shared/data/tinystories"], "Inputs to prepare (files, folders, globs).",
+flags.DEFINE_list("input", ["../shared/data/tinystories"], "Inputs to prepare (files, folders, globs, hf: specs).",
                   flag_values=FLAGS)
 flags.DEFINE_string("tokenizer", "sp:8192", "Tokenizer spec for prepare (see prepare_data).", flag_values=FLAGS)
 flags.DEFINE_string("prepared", None, "Skip the prepare benchmark and load this prepared folder.", flag_values=FLAGS)
@@ -86,7 +86,7 @@ def _bench(rest: list[str]) -> int:
     if FLAGS.prepared:
         store.read_manifest(FLAGS.prepared)   # a missing folder fails now, in one line
     else:
-        ingest.expand_inputs(FLAGS.input)   # missing inputs fail now, in one line
+        ingest.expand_sources(FLAGS.input)   # missing inputs fail now, in one line (hf: specs are opened later)
     print(f"cpu cores: {os.cpu_count()}")
     tmp = None
     try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import pathlib
 from typing import Any, Optional
 
+from mosaic_jax.models import registry
+
 
 # A ratio pairs two rows only when all of these agree: same shape and step, same precision, same machine.
 PAIR_KEY = ("bench", "device", "cpu_model", "cpu_flags", "size", "T", "B", "dropout", "dtype")
@@ -14,7 +16,8 @@ def _key(r: dict[str, Any]) -> tuple:
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """vs_torch_eager / vs_torch_compile / vs_gpt2: tokens/s over the row of that kind with the same PAIR_KEY
+    """vs_torch_eager / vs_torch_compile / vs_<baseline> (the family's equal-FLOPs baseline, `Family.baseline`:
+    GPT-2 for the v1 mosaic): tokens/s over the row of that kind with the same PAIR_KEY
     (so a bfloat16 row is set against the reference's bf16-autocast step and never against its float32 step),
     same run. `ratio_rows` names the row each ratio was taken against."""
     for r in rows:
@@ -24,10 +27,10 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         for other in rows:
             if other is r or _key(other) != _key(r):
                 continue
-            if other["impl"].startswith("torch-") and r["arch"] == "mosaic":   # the reference is a mosaic
+            if other["impl"].startswith("torch-") and other["arch"] == r["arch"]:   # the reference's rows
                 name = f"vs_{other['impl'].replace('-', '_')}"
-            elif r["arch"] == "mosaic" and other["arch"] == "gpt2" and other["impl"] == r["impl"]:
-                name = "vs_gpt2"
+            elif other["arch"] == registry.baseline_of(r["arch"]) and other["impl"] == r["impl"]:
+                name = f"vs_{other['arch']}"
             else:
                 continue
             r[name] = r["tokens_per_s"] / other["tokens_per_s"]
@@ -81,8 +84,8 @@ def plot(rows: list[dict[str, Any]], path: str) -> pathlib.Path:
     labels = [f"{label(r)} ({r['size']}, T {r['T']})" for r in train]
     tps = [r["tokens_per_s"] for r in train]
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(train) + 1.5))
-    colors = ["tab:gray" if r["impl"].startswith("torch") else "tab:blue" if r["arch"] == "mosaic" else "tab:orange"
-              for r in train]
+    palette = {a: f"C{i}" for i, a in enumerate(dict.fromkeys(r["arch"] for r in train))}   # one colour per family
+    colors = ["tab:gray" if r["impl"].startswith("torch") else palette[r["arch"]] for r in train]
     ax.barh(range(len(train)), tps, color=colors)
     for i, r in enumerate(train):
         if r.get("tokens_per_s_best"):

@@ -2,6 +2,7 @@
 
 The trace (`plugins/profile/<time>/<host>.xplane.pb`) opens in TensorBoard's profile plugin or xprof. With several
 processes each writes its own `workdir/profile/process_<i>/`. A resumed run traces the part of the range it runs.
+`bench --profile=DIR` uses the same class with `directory=DIR/<row name>`.
 """
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ class StepProfiler:
     """Call `before(step)` before dispatching loop step `step` and `after(step, state)` once it is dispatched."""
 
     def __init__(self, steps: Optional[tuple[int, int]], workdir: pathlib.Path, process_index: int,
-                 process_count: int) -> None:
+                 process_count: int, *, directory: Optional[pathlib.Path] = None) -> None:
+        """`directory` (bench --profile: one per row) replaces the default `workdir/profile[/process_<i>]`."""
         self._range = steps
-        self._dir = workdir / "profile" / (f"process_{process_index}" if process_count > 1 else "")
+        self._dir = directory if directory is not None else (
+            workdir / "profile" / (f"process_{process_index}" if process_count > 1 else ""))
         self._active = False
 
     def before(self, step: int) -> None:

@@ -27,9 +27,11 @@ class TrainSetup:
 
 def build(cfg: ModelConfig, optim_cfg: optim.OptimConfig, mesh: Mesh, *, microbatches: int = 1,
           dropout: bool = True, fns: MemoryFns = DEFAULT_FNS) -> TrainSetup:
-    tx = optim.make_optimizer(optim_cfg, optim.decay_mask(lm.param_axes(cfg, fns)))
-    shardings = train_state.state_shardings(cfg, tx, mesh)
-    abstract = train_state.with_shardings(train_state.abstract_state(cfg, tx), shardings)
+    axes = lm.param_axes(cfg, fns)          # traced once here, not again inside state_shardings
+    tx = optim.make_optimizer(optim_cfg, optim.decay_mask(axes))
+    abstract = train_state.abstract_state(cfg, tx)
+    shardings = train_state.state_shardings(cfg, tx, mesh, abstract=abstract, axes=axes)
+    abstract = train_state.with_shardings(abstract, shardings)
     step = train_step.make_train_step(cfg, tx, optim.lr_schedule(optim_cfg), microbatches=microbatches,
                                       dropout=dropout, mesh=mesh, param_shardings=shardings.params, fns=fns)
     return TrainSetup(tx, shardings, abstract, train_step.jit_train_step(step, shardings, mesh),

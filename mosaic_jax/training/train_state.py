@@ -6,7 +6,7 @@ needs: Orbax reads each array straight into the CURRENT mesh's layout.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax.struct
 import jax
@@ -43,11 +43,13 @@ def abstract_state(cfg: ModelConfig, tx: optax.GradientTransformation, seed: int
     return jax.eval_shape(lambda: init_state(cfg, tx, seed))
 
 
-def state_shardings(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+def state_shardings(cfg: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, *,
+                    abstract: Optional[TrainState] = None, axes: Optional[Params] = None) -> TrainState:
     """NamedShardings for every leaf: params by the logical rules, optimizer moments like their params, and
-    scalars (step, counts, rng) replicated."""
-    abstract = abstract_state(cfg, tx)
-    param_sh = sharding.tree_shardings(lm.param_axes(cfg), abstract.params, mesh)
+    scalars (step, counts, rng) replicated. `abstract` (abstract_state) and `axes` (lm.param_axes) may be given
+    by a caller that already has them: each costs a trace of the model's init."""
+    abstract = abstract_state(cfg, tx) if abstract is None else abstract
+    param_sh = sharding.tree_shardings(lm.param_axes(cfg) if axes is None else axes, abstract.params, mesh)
     rep = sharding.replicated(mesh)
     opt_sh = sharding.match_by_path_suffix(abstract.opt_state, abstract.params, param_sh, rep)
     return TrainState(step=rep, params=param_sh, opt_state=opt_sh, rng=rep)

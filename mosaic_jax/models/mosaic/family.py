@@ -60,4 +60,5 @@ FAMILY = registry.register(registry.Family(
     title="Memory Mosaic v1",
     describe=lambda cfg: {"P": cfg.pmem_size},
     hf_export="remote",
+    baseline="gpt2",
 ))
