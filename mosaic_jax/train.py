@@ -11,7 +11,6 @@ naming the field or file; bad input before anything is written. See docs/trainin
 from __future__ import annotations
 
 import os
-import pathlib
 import sys
 import time
 from typing import Any, Optional, Sequence
@@ -20,6 +19,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from mosaic_jax import cli_util
+from mosaic_jax.io import storage             # first: maps STORAGE_EMULATOR_HOST before gcsfs/tensorstore load
 from mosaic_jax.parallel import distributed   # defines --coordinator_address, --num_processes, --process_id, ...
 from mosaic_jax.training import run_guard     # defines --break_lock
 
@@ -76,10 +76,10 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
         _say(f"note: {d.path} has no validation split; evaluation is off")
     train_src = loader.BatchSource(ds, d.seq_len, t.global_batch, t.seed, packing=d.packing)
     val_src = loader.BatchSource(val, d.seq_len, t.eval_batch_size, d.eval_seed, packing=d.packing) if val else None
-    data_meta = {"path": os.path.abspath(d.path), "seed": int(t.seed), "tokenizer_hash": ds.tokenizer_hash,
+    data_meta = {"path": storage.display(d.path), "seed": int(t.seed), "tokenizer_hash": ds.tokenizer_hash,
                  "global_batch": int(t.global_batch), "seq_len": int(d.seq_len)}
 
-    workdir_p = pathlib.Path(workdir).absolute()
+    workdir_p = storage.path(workdir)   # a local folder or gs://bucket/prefix (mosaic_jax/io/storage.py)
     ckpt_dir = workdir_p / "checkpoints"
     su = setup.build(cfg, rc.optim, mesh, microbatches=t.microbatches, dropout=t.dropout)
     target = su.abstract_state
@@ -89,8 +89,8 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     # ---- set up: workdir, state (restored or fresh), compiled steps --------------------------------------------
     workdir_p.mkdir(parents=True, exist_ok=True)
     if pi == 0:
-        (workdir_p / "config.json").write_text(rc.cfg.to_json_best_effort(indent=1) + "\n")
-        checkpoint.save_tokenizer(d.path, workdir_p)   # workdir/tokenizer/: inference works if the data moves
+        storage.write_text(workdir_p / "config.json", rc.cfg.to_json_best_effort(indent=1) + "\n")
+        checkpoint.save_tokenizer(ds.path, workdir_p)   # workdir/tokenizer/: inference works if the data moves
     ckpt = checkpoint.Checkpointer(ckpt_dir, every=t.checkpoint_every, keep=t.keep_checkpoints,
                                    async_save=t.async_checkpoint)
     restored = ckpt.restore(target, say=_say) if ckpt.latest_step() is not None else None
@@ -107,7 +107,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     # several processes: compile, wait for all, then run (gloo on CPU gives a first collective only 30 s)
     step_fn = distributed.compile_then_align(su.train_step, "train step")
     eval_fn = distributed.compile_then_align(su.eval_step, "eval step")
-    tokenizer = tokenizers.load_tokenizer(d.path)
+    tokenizer = tokenizers.load_tokenizer(ds.path)   # ds.path: the local copy of gs:// data
     writer = metrics.MetricWriter(workdir_p, trackers_spec=t.trackers, wandb_project=t.wandb_project,
                                   run_config={**rc.to_dict(), "tokenizer_hash": ds.tokenizer_hash})
     profiler = profiling.StepProfiler(run_config.parse_profile_steps(t.profile_steps, t.steps), workdir_p, pi, pc)

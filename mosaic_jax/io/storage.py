@@ -67,6 +67,23 @@ def display(p: PathLike) -> str:
     return os.fspath(path(p))
 
 
+def list_files(root: PathLike) -> dict[str, int]:
+    """{path relative to `root` (with /): bytes} of every file under `root`; one listing request on gs://."""
+    root = path(root)
+    if not is_remote(root):
+        out = {}
+        for dirpath, _, names in os.walk(root):
+            for n in names:
+                f = os.path.join(dirpath, n)
+                out[os.path.relpath(f, root).replace(os.sep, "/")] = os.path.getsize(f)
+        return out
+    import fsspec
+    prefix = os.fspath(root)[len("gs://"):].rstrip("/") + "/"
+    found = fsspec.filesystem("gs").find(prefix, detail=True)
+    return {name[len(prefix):]: int(info["size"]) for name, info in found.items()
+            if info.get("type") != "directory" and name.startswith(prefix)}
+
+
 def write_bytes(p: PathLike, data: bytes) -> None:
     """Write a whole file so that readers see the old content, or the new, never a prefix of it.
 
