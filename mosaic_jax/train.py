@@ -188,6 +188,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
             if ckpt.should_save(done) or done == t.steps or stop:
                 drain()   # never save a state whose loss or gradient is not finite
                 ckpt.save(done, state, ckpt_cfg, {**data_meta, "position": done}, force=True)
+                writer.flush()   # gs://: the metrics up to a checkpoint reach the bucket with it (a resume re-logs the rest)
             if t.eval_every and (done % t.eval_every == 0 or done == t.steps) and not stop:  # preempted: hurry
                 drain()
                 eval_out = run_eval(done)

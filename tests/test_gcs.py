@@ -5,12 +5,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from mosaic_jax.io import storage
-from mosaic_jax.training import workdir_lock
+from mosaic_jax.io import data_cache, storage
+from mosaic_jax.training import integrity, workdir_lock
+from tests.conftest import REPO
 
 
 def test_emulator_serves_epath_tensorstore_and_preconditions(gcs):
@@ -56,3 +58,102 @@ def test_workdir_lock_on_gcs(gcs):
     assert not lock2.held()
     lock2.release()
     assert json.loads(storage.read_with_generation(f"{workdir}/lock.json")[0])["token"] == "someone else"
+
+
+# ---- end to end: prepare -> train on gs:// -> SIGKILL during an async save -> resume, bitwise ----------------------
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def gcs_runs(gcs, tmp_path_factory, data_dir):
+    """prepare_data --output=gs://; an uninterrupted local run; a gs:// run killed (SIGKILL) while its step-8 save is
+    being written, then resumed. Shared by the tests below (one set of training runs for the module)."""
+    from tests.test_train_io import _cmd, _run, _start
+    root = tmp_path_factory.mktemp("gcs_e2e")
+    (root / "train.txt").write_bytes((data_dir / "tinystories" / "train_v1_prefix_a.txt").read_bytes()[:100_000])
+    gcs.make_bucket("data")
+    runs = gcs.make_bucket("runs")
+    env = gcs.env()
+    env.update(PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               MOSAIC_DATA_CACHE=str(root / "cache"), JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    prep = subprocess.run([sys.executable, "-m", "mosaic_jax.prepare_data", f"--input={root / 'train.txt'}",
+                           "--output=gs://data/ts", "--tokenizer=byte", "--num_workers=1", "--noprogress"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert prep.returncode == 0, prep.stderr[-2000:]
+    os.environ["MOSAIC_DATA_CACHE"] = str(root / "cache_test")
+    local_data = data_cache.local_copy("gs://data/ts")   # the same bytes, read back through the cache
+    ref = _run(_cmd(root / "ref", local_data, STEPS), env)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    workdir = f"{runs}/tiny"
+    proc = _start(_cmd(workdir, "gs://data/ts", STEPS), env)
+    mid_save = False
+    while proc.poll() is None:   # kill once objects of step 8 exist but the step is not committed yet
+        files = storage.list_files(f"{workdir}/checkpoints")
+        if any(f.startswith("8/") for f in files):
+            mid_save = "8/commit_success.txt" not in files
+            proc.kill()
+            break
+        time.sleep(0.05)
+    proc.communicate(timeout=600)
+    print(f"SIGKILL {'while step 8 was being written' if mid_save else 'after step 8 was committed'}")
+    assert proc.returncode == -9, "the run ended before its step-8 save started"
+    resumed = _run(_cmd(workdir, "gs://data/ts", STEPS), env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return {"root": root, "ref": root / "ref", "workdir": workdir, "env": env, "mid_save": mid_save,
+            "resumed": resumed, "data": local_data}
+
+
+def _params(step_dir):
+    import jax
+    import orbax.checkpoint as ocp
+    return jax.tree.leaves(ocp.StandardCheckpointer().restore(storage.path(step_dir) / "state"))
+
+
+@pytest.mark.slow
+def test_gcs_run_resumes_bitwise_after_sigkill_mid_save(gcs_runs):
+    """The SIGKILLed-then-resumed gs:// run ends with exactly the state of the uninterrupted local run."""
+    out = gcs_runs["resumed"].stdout
+    assert "resumed from gs://runs/tiny/checkpoints/4 (step 4)" in out, out[-2000:]
+    assert storage.list_files(gcs_runs["workdir"] + "/checkpoints/12")   # the final checkpoint is in the bucket
+    for a, b in zip(_params(gcs_runs["ref"] / "checkpoints" / str(STEPS)),
+                    _params(f"{gcs_runs['workdir']}/checkpoints/{STEPS}"), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.slow
+def test_gcs_run_leaves_metrics_events_config_and_no_lock(gcs_runs):
+    """Metrics JSONL (both runs' records, appended), TensorBoard events readable by TensorBoard's loader,
+    config.json, the tokenizer copy and every file record in the bucket; the lock is released."""
+    wd = gcs_runs["workdir"]
+    files = storage.list_files(wd)
+    assert "lock.json" not in files and "config.json" in files and "tokenizer/manifest.json" in files
+    records = [json.loads(line) for line in storage.path(f"{wd}/metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if r["split"] == "train"]
+    # the killed run's records up to its last checkpoint (4) were synced with it; the resumed run logs 5..12
+    assert steps[-1] == STEPS and set(range(1, STEPS + 1)) <= set(steps)
+    events = sorted(f for f in files if f.startswith("tensorboard/events.out.tfevents"))
+    assert len(events) == 2   # one per run start
+    loss_steps = [step for f in events for tag, step in _scalar_events(storage.path(f"{wd}/{f}").read_bytes())
+                  if tag == "train/loss"]
+    assert max(loss_steps) == STEPS and set(range(1, STEPS + 1)) <= set(loss_steps)
+    for step in (4, STEPS):
+        assert integrity.verify_file_record(f"{wd}/checkpoints/{step}") is None
+        assert f"checkpoints/{step}/integrity_files.json" in files
+
+
+def _scalar_events(data: bytes) -> list[tuple[str, int]]:
+    """(tag, step) of every scalar in a TensorBoard event file; asserts the TFRecord framing is whole (a file cut
+    mid-record, i.e. half-written, fails)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+    out, pos = [], 0
+    while pos < len(data):
+        assert pos + 12 <= len(data), "event file ends inside a record header"
+        (length,) = struct.unpack("<Q", data[pos:pos + 8])
+        assert pos + 12 + length + 4 <= len(data), "event file ends inside a record"
+        event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+        out += [(v.tag, event.step) for v in event.summary.value if v.HasField("simple_value")]
+        pos += 12 + length + 4
+    return out

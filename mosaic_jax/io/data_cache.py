@@ -127,3 +127,17 @@ def upload(local: str | os.PathLike, url: str) -> int:
             shutil.copyfileobj(src, out, 1 << 23)
         total += f.stat().st_size
     return total
+
+
+def publish(local: str | os.PathLike, url: str) -> bool:
+    """Upload a freshly prepared folder to `url` unless the bucket already holds the same preparation (False);
+    DataError when it holds another one (never overwritten, as for a local --output)."""
+    url = str(url).rstrip("/")
+    new = (pathlib.Path(local) / MANIFEST).read_bytes()
+    remote = storage.path(url) / MANIFEST
+    if remote.exists():
+        if remote.read_bytes() == new:
+            return False
+        raise DataError(f"{url} holds a different preparation ({MANIFEST} differs); choose another --output")
+    upload(local, url)
+    return True
