@@ -14,6 +14,7 @@ import hashlib
 import os
 import pathlib
 import shutil
+import sys
 import time
 import uuid
 
@@ -111,7 +112,7 @@ def local_copy(url: str) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
     seconds = time.perf_counter() - t0
     print(f"cached {url} in {dest}: {total / 1e6:.1f} MB in {seconds:.1f} s ({total / 1e6 / max(seconds, 1e-9):.1f} "
-          "MB/s)", flush=True)
+          "MB/s)", file=sys.stderr, flush=True)
     return str(dest)
 
 
