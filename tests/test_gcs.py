@@ -157,3 +157,51 @@ def _scalar_events(data: bytes) -> list[tuple[str, int]]:
         out += [(v.tag, event.step) for v in event.summary.value if v.HasField("simple_value")]
         pos += 12 + length + 4
     return out
+
+
+@pytest.mark.slow
+def test_generate_and_evaluate_from_the_gcs_run(gcs_runs, data_dir):
+    """generate reads the newest committed step and the run's tokenizer copy from the bucket (same greedy text as
+    from the local run with the same final state); evaluate writes eval.json etc. into gs://.../eval."""
+    env, wd = gcs_runs["env"], gcs_runs["workdir"]
+
+    def gen(workdir):
+        r = subprocess.run([sys.executable, "-m", "mosaic_jax.generate", f"--workdir={workdir}", "--prompt=Once",
+                            "--max_new_tokens=12", "--greedy", "--no_stream"], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout
+    assert gen(wd) == gen(gcs_runs["ref"])   # bitwise-equal params: the same greedy continuation
+    corpus = gcs_runs["root"] / "valid.txt"
+    corpus.write_bytes((data_dir / "tinystories" / "train_v1_prefix_a.txt").read_bytes()[100_000:110_000])
+    r = subprocess.run([sys.executable, "-m", "mosaic_jax.evaluate", f"--workdir={wd}", f"--input={corpus}",
+                        "--max_windows=4"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(storage.path(f"{wd}/eval/eval.json").read_text())
+    assert summary["windows"] == 4 and np.isfinite(summary["loss"])
+    assert storage.path(f"{wd}/eval/per_position_loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_two_process_launcher_on_a_gcs_workdir(gcs_runs):
+    """launch/local_multiprocess.sh (2 processes x 4 CPU devices, gloo over loopback) on a gs:// workdir and gs://
+    data: process 0 holds the lock and writes the metrics, both write their shards of checkpoint 4; the losses match
+    the 1-process x 8-device local run to RTOL (tests/test_distributed.py: only the summation order differs)."""
+    from tests.test_distributed import RTOL
+    from tests.test_train_io import ARGS
+    wd, env = f"{gcs_runs['workdir']}-2p", {**gcs_runs["env"], "PYTHON": sys.executable}
+    logs = gcs_runs["root"] / "logs_2p"
+    r = subprocess.run(["bash", "launch/local_multiprocess.sh", "-n", "2", "-d", "4", "-l", str(logs), "--", *ARGS,
+                        "--config.data.path=gs://data/ts", "--config.train.steps=4", f"--workdir={wd}"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    files = storage.list_files(wd)
+    assert "checkpoints/4/commit_success.txt" in files and "lock.json" not in files
+    assert {"checkpoints/4/state/array_metadatas/process_0", "checkpoints/4/state/array_metadatas/process_1"} <= set(files)
+
+    def losses(text):
+        return {r["step"]: r["loss"] for r in map(json.loads, text.splitlines()) if r["split"] == "train"}
+    two = losses(storage.path(f"{wd}/metrics.jsonl").read_text())
+    ref = losses((gcs_runs["ref"] / "metrics.jsonl").read_text())
+    assert sorted(two) == [1, 2, 3, 4]
+    assert max(abs(two[s] - ref[s]) / abs(ref[s]) for s in two) <= RTOL
