@@ -13,6 +13,7 @@ then shows what happens past the training window). Writes `eval.json`, `per_posi
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import pathlib
@@ -23,6 +24,7 @@ import numpy as np
 from absl import flags
 
 from mosaic_jax import cli_util
+from mosaic_jax.io import storage   # first: STORAGE_EMULATOR_HOST for gcsfs and tensorstore
 from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
 
@@ -69,12 +71,13 @@ def write_outputs(out_dir: pathlib.Path, summary: dict[str, Any], block_size: in
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "eval.json", out_dir / "per_position_loss.csv", out_dir / "per_position_loss.png"]
-    paths[0].write_text(json.dumps(summary, indent=1) + "\n")
+    storage.write_text(paths[0], json.dumps(summary, indent=1) + "\n")   # local or gs:// (never half-written)
     curve = summary["per_position_loss"]
-    with open(paths[1], "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["position", "mean_loss", "windows"])
-        w.writerows([t, f"{x:.6f}", summary["windows"]] for t, x in enumerate(curve))
+    table = io.StringIO(newline="")
+    w = csv.writer(table)
+    w.writerow(["position", "mean_loss", "windows"])
+    w.writerows([t, f"{x:.6f}", summary["windows"]] for t, x in enumerate(curve))
+    storage.write_text(paths[1], table.getvalue())
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(np.arange(len(curve)), curve, lw=0.8, alpha=0.5, label="mean over windows")
     k = max(len(curve) // 32, 1)
@@ -89,8 +92,10 @@ def write_outputs(out_dir: pathlib.Path, summary: dict[str, Any], block_size: in
     ax.set_title(f"{title}: loss {summary['loss']:.3f}, ppl {summary['perplexity']:.1f}", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(paths[2], dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
+    storage.write_bytes(paths[2], png.getvalue())
     return paths
 
 
@@ -175,7 +180,7 @@ def _evaluate(rest: list[str]) -> int:
         if limit is not None and window > limit:
             raise cli_util.UsageError(f"--window={window} exceeds the {fam.title} block_size {limit} "
                                       "(learned positions)")
-        out_dir = pathlib.Path(args.out or pathlib.Path(args.workdir) / "eval")
+        out_dir = storage.path(args.out or f"{str(args.workdir).rstrip('/')}/eval")
         if args.input:
             windows = corpus_windows(read_corpus(args.input, tok), window)
             if args.max_windows:

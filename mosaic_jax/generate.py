@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence
 from absl import flags
 
 from mosaic_jax import cli_util
+from mosaic_jax.io import storage   # first: STORAGE_EMULATOR_HOST for gcsfs and tensorstore
 from mosaic_jax.models.config import ModelConfig
 
 
@@ -30,9 +31,12 @@ class InferenceLoadError(RuntimeError):
 def _checkpoint_steps(ckpt_dir: pathlib.Path) -> list[int]:
     # Orbax renames a step folder into place only once it is complete: numeric names are finalised steps
     # (in-progress saves carry a tmp suffix, set-aside broken ones a `.broken-<time>` suffix).
+    # On gs:// Orbax writes in place and marks a finished step with commit_success.txt.
     if not ckpt_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit() and (p / "state").is_dir())
+    remote = storage.is_remote(ckpt_dir)
+    return sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit() and (p / "state").is_dir()
+                  and (not remote or (p / "commit_success.txt").exists()))
 
 
 def _read_json(path: pathlib.Path) -> dict[str, Any]:
@@ -71,7 +75,7 @@ def _restore_params(path: pathlib.Path, cfg: ModelConfig, in_state: bool) -> Any
 def load_for_inference(workdir: str, step: Optional[int] = None, tokenizer: Optional[str] = None
                        ) -> tuple[ModelConfig, Any, Any]:
     """(ModelConfig, params, tokenizer) from a training workdir (see the module docstring)."""
-    wd = pathlib.Path(workdir).absolute()   # Orbax restores only absolute paths (--workdir=runs/x is relative)
+    wd = storage.path(workdir)   # absolute (Orbax restores only absolute paths), or a gs:// URL
     if not wd.is_dir():
         raise InferenceLoadError(f"--workdir={workdir}: no such folder")
     steps = _checkpoint_steps(wd / "checkpoints")
@@ -108,8 +112,9 @@ def _hash_problem(spec: str, tok: Any, want: Optional[str]) -> Optional[str]:
 
 def _load_tokenizer(spec: str) -> Any:
     from mosaic_jax.data.tokenizers import load_tokenizer
+    from mosaic_jax.io import data_cache
     try:
-        return load_tokenizer(spec)
+        return load_tokenizer(data_cache.local_copy(spec))   # gs://: a local copy of the folder
     except ValueError as e:   # DataError
         raise InferenceLoadError(str(e)) from None
 
@@ -122,7 +127,9 @@ def _run_tokenizer(wd: pathlib.Path, data_meta: dict[str, Any]) -> Any:
     run_cfg = _read_json(wd / "config.json") if (wd / "config.json").is_file() else {}
     recorded = data_meta.get("path") or run_cfg.get("data", {}).get("path")
     copy = wd / TOKENIZER_DIR
-    candidates = [c for c in (recorded, str(copy)) if c and (pathlib.Path(c).exists() or c in ("byte", "gpt2"))]
+    order = (str(copy), recorded) if storage.is_remote(recorded or "") else (recorded, str(copy))   # gs:// data:
+    # the run's small tokenizer copy first (trying the data folder would download the whole data set)
+    candidates = [c for c in order if c and (c in ("byte", "gpt2") or storage.path(c).exists())]
     if not candidates:
         if not recorded:
             raise InferenceLoadError(f"{wd}: cannot tell which tokenizer the run used; pass --tokenizer=SPEC")

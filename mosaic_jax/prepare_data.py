@@ -13,12 +13,15 @@ See docs/data.md.
 """
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from typing import Optional, Sequence
 
 from absl import flags
 
 from mosaic_jax import cli_util
+from mosaic_jax.io import data_cache, storage   # storage first: STORAGE_EMULATOR_HOST for gcsfs
 from mosaic_jax.data import hf_source, ingest, pipeline, store, tokenizers
 from mosaic_jax.data.errors import DataError
 
@@ -98,9 +101,11 @@ def _prepare(rest: list[str]) -> int:
         tokenizer_sample_mb=FLAGS.tokenizer_sample_mb,
         include=tuple(FLAGS.include),
     )
+    remote = FLAGS.out if storage.is_remote(FLAGS.out) else None   # gs://: prepare locally, then upload
+    stage = tempfile.TemporaryDirectory(prefix="mosaic_jax-prepare-") if remote else None
     result = pipeline.prepare(
         FLAGS.input,
-        FLAGS.out,
+        os.path.join(stage.name, remote.rstrip("/").rsplit("/", 1)[-1]) if remote else FLAGS.out,
         FLAGS.tokenizer,
         options,
         validation_inputs=FLAGS.validation_input,
@@ -109,9 +114,13 @@ def _prepare(rest: list[str]) -> int:
         log=_log,
     )
     m = result.manifest
+    if remote:
+        with stage:
+            uploaded = data_cache.publish(result.path, remote)
+        print(f"{remote}: {'uploaded' if uploaded else 'already holds this preparation; nothing uploaded'}")
     if not result.skipped:
         counts = ", ".join(f"{k}: {v['num_tokens']:,} tokens in {v['num_docs']:,} docs" for k, v in m["splits"].items())
-        print(f"{result.path}: {counts}; tokenizer {m['tokenizer']['kind']} vocab {m['tokenizer']['vocab_size']} "
+        print(f"{remote or result.path}: {counts}; tokenizer {m['tokenizer']['kind']} vocab {m['tokenizer']['vocab_size']} "
               f"hash {m['tokenizer']['hash'][:12]}; {result.text_bytes / 1e6:.2f} MB of text in {result.seconds:.1f} s "
               f"= {result.mb_per_s:.2f} MB/s")
     return 0

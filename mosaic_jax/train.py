@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 import sys
 from typing import Any, Optional, Sequence
 
@@ -20,6 +19,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from mosaic_jax import cli_util
+from mosaic_jax.io import storage             # first: maps STORAGE_EMULATOR_HOST before gcsfs/tensorstore load
 from mosaic_jax.parallel import distributed   # defines --coordinator_address, --num_processes, --process_id, ...
 from mosaic_jax.training import run_guard     # defines --break_lock
 
@@ -42,8 +42,9 @@ class _Run:
     train_src: Any
     val_src: Any
     data_meta: dict[str, Any]
-    workdir: pathlib.Path        # every path the run writes is under it (config.json, checkpoints/, export/, ...)
-    ckpt_dir: pathlib.Path
+    workdir: Any                 # storage.path: every path the run writes is under it (config.json, checkpoints/, ...)
+    ckpt_dir: Any
+    data_local: str              # the prepared data's local folder (the cached copy of gs:// data)
 
 
 def _validate(config: Any, workdir: str) -> _Run:
@@ -82,10 +83,10 @@ def _validate(config: Any, workdir: str) -> _Run:
         _say(f"note: {d.path} has no validation split; evaluation is off")
     train_src = loader.BatchSource(ds, d.seq_len, t.global_batch, t.seed, packing=d.packing)
     val_src = loader.BatchSource(val, d.seq_len, t.eval_batch_size, d.eval_seed, packing=d.packing) if val else None
-    data_meta = {"path": os.path.abspath(d.path), "seed": int(t.seed), "tokenizer_hash": ds.tokenizer_hash,
+    data_meta = {"path": storage.display(d.path), "seed": int(t.seed), "tokenizer_hash": ds.tokenizer_hash,
                  "global_batch": int(t.global_batch), "seq_len": int(d.seq_len)}
-    workdir_p = pathlib.Path(workdir).absolute()
-    return _Run(rc, mesh, train_src, val_src, data_meta, workdir_p, workdir_p / "checkpoints")
+    workdir_p = storage.path(workdir)   # a local folder or gs://bucket/prefix (mosaic_jax/io/storage.py)
+    return _Run(rc, mesh, train_src, val_src, data_meta, workdir_p, workdir_p / "checkpoints", ds.path)
 
 
 def _restore_or_init(r: _Run, su: Any, ckpt: Any) -> Any:
@@ -116,13 +117,13 @@ def _default_loop(r: _Run, su: Any, ckpt: Any, writer: Any, preempt: run_guard.S
     lp = loop.Loop(distributed.compile_then_align(su.train_step, "train step"))
     evaluation = hooks.EvalAndSample(
         writer, _say, eval_fn=distributed.compile_then_align(su.eval_step, "eval step"), source=r.val_src,
-        batches=t.eval_batches, mesh=r.mesh, cfg=cfg, tokenizer=tokenizers.load_tokenizer(d.path),
+        batches=t.eval_batches, mesh=r.mesh, cfg=cfg, tokenizer=tokenizers.load_tokenizer(r.data_local),
         prompt=t.sample_prompt, sample_tokens=t.sample_tokens, temperature=t.sample_temperature)
     lp.add_hook(hooks.Profile(run_config.parse_profile_steps(t.profile_steps, t.steps), r.workdir))
     lp.add_hook(hooks.LogMetrics(writer, _say, lp.clock, log_every=t.log_every, total=t.steps,
                                  tokens_per_step=t.global_batch * d.seq_len, flops_per_token=flops_per_token,
                                  peak_flops=peak))
-    lp.add_hook(hooks.Checkpoint(ckpt, preempt, r.rc.to_dict(), r.data_meta))
+    lp.add_hook(hooks.Checkpoint(ckpt, preempt, r.rc.to_dict(), r.data_meta, writer))
     if t.eval_every:
         lp.add_hook(evaluation, every=t.eval_every)
     return lp, evaluation
@@ -147,8 +148,8 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     # ---- set up: workdir, state (restored or fresh), loop and hooks --------------------------------------------
     wd.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
-        (wd / "config.json").write_text(rc.cfg.to_json_best_effort(indent=1) + "\n")
-        checkpoint.save_tokenizer(d.path, wd)   # workdir/tokenizer/: inference works if the data moves
+        storage.write_text(wd / "config.json", rc.cfg.to_json_best_effort(indent=1) + "\n")
+        checkpoint.save_tokenizer(r.data_local, wd)   # workdir/tokenizer/: inference works if the data moves
     ckpt = checkpoint.Checkpointer(r.ckpt_dir, every=t.checkpoint_every, keep=t.keep_checkpoints,
                                    async_save=t.async_checkpoint)
     state = _restore_or_init(r, su, ckpt)

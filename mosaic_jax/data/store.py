@@ -21,6 +21,7 @@ import numpy as np
 
 from mosaic_jax.data import tokenizers
 from mosaic_jax.data.errors import DataError
+from mosaic_jax.io import data_cache
 
 FORMAT_VERSION = "mosaic_jax.prepared/1"
 MANIFEST_FILE = tokenizers.MANIFEST_FILE
@@ -256,6 +257,7 @@ def open_prepared(path: str, split: str = "train") -> PreparedDataset:
     """Open one split of a prepared folder; a clear DataError naming the path if it is missing or invalid."""
     if split not in SPLITS:
         raise DataError(f"{path}: unknown split {split!r} (choose {' or '.join(SPLITS)})")
+    path = data_cache.local_copy(path)   # gs://: the local cache copy (mosaic_jax/io/data_cache.py)
     manifest = read_manifest(path)
     if split not in manifest.get("splits", {}):
         raise DataError(f"{path}: split {split!r} is empty or absent (prepared with splits {sorted(manifest.get('splits', {}))})")
@@ -265,6 +267,7 @@ def open_prepared(path: str, split: str = "train") -> PreparedDataset:
 
 def verify(path: str) -> None:
     """Full integrity check: recompute every shard's sha256 against the manifest."""
+    path = data_cache.local_copy(path)
     manifest = read_manifest(path)
     check_files(path, manifest)
     for info in manifest["splits"].values():

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import time
 from typing import Optional
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 
@@ -94,7 +94,7 @@ def measure_cpu_peak(dtype: str = "float32", n: int = 1024, repeats: int = 20) -
 
 def cpu_peak_flops(cache_dir: Optional[os.PathLike] = None, dtype: str = "float32") -> float:
     """The measured CPU matmul peak, cached in `cache_dir/cpu_peak_flops.json` (measure once per workdir)."""
-    path = pathlib.Path(cache_dir) / "cpu_peak_flops.json" if cache_dir else None
+    path = epath.Path(cache_dir) / "cpu_peak_flops.json" if cache_dir else None   # epath: also a gs:// workdir
     key = f"{dtype}:{os.cpu_count()}"
     cached: dict[str, float] = {}
     if path is not None and path.exists():

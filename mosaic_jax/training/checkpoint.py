@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 import orbax.checkpoint as ocp
 
+from mosaic_jax.io import storage
 from mosaic_jax.parallel import distributed
 from mosaic_jax.training import integrity
 
@@ -44,7 +45,7 @@ class Checkpointer:
     """A CheckpointManager with items `state` (StandardSave), `config`, `data` and `integrity` (JSON)."""
 
     def __init__(self, directory: str | pathlib.Path, *, every: int, keep: int, async_save: bool = True) -> None:
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = storage.path(directory)
         # Only the fixed interval: Orbax's default also saves the very first step (InitialSavePolicy); SIGTERM is
         # handled by the training loop (a forced save), identically on one or many processes.
         policy = ocp.checkpoint_managers.FixedIntervalPolicy(max(int(every), 1))
@@ -245,7 +246,7 @@ def check_resume(directory: str | pathlib.Path, requested: Mapping[str, Any], da
     """Refuse (CheckpointError, one line) a resume whose config, state shapes or tokenizer differ from the saved
     run, before anything is written. Reads only the newest checkpoint whose JSON items and array metadata are
     readable; an unreadable one is left to `restore`, which sets it aside."""
-    directory = pathlib.Path(directory).absolute()
+    directory = storage.path(directory)
     # Every process must take the same branch: the probe's CheckpointManager meets the others at a collective.
     # Without the barriers a slow process could see the folder that a faster one's Checkpointer just created,
     # open one more manager than the others and wait forever (seen with 2 processes on a loaded CPU).
@@ -275,13 +276,13 @@ def check_resume(directory: str | pathlib.Path, requested: Mapping[str, Any], da
 
 def export_params(directory: str | pathlib.Path, params: Any, model_config: Mapping[str, Any]) -> pathlib.Path:
     """Params-only export (no optimizer state): `directory/params` (Orbax) + `directory/model_config.json`."""
-    directory = pathlib.Path(directory).absolute()
+    directory = storage.path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(directory / "params", params, force=True)
     ckptr.wait_until_finished()
     if jax.process_index() == 0:
-        (directory / "model_config.json").write_text(json.dumps(dict(model_config), indent=1) + "\n")
+        storage.write_text(directory / "model_config.json", json.dumps(dict(model_config), indent=1) + "\n")
     return directory
 
 
@@ -290,7 +291,7 @@ def single_device_target(params_dir: str | pathlib.Path) -> Any:
 
     Why: restoring without a target reuses the SAVED shardings, which name devices that need not exist here
     (an export written on 8 devices, loaded on 1 fails with "Topology mismatch")."""
-    params_dir = pathlib.Path(params_dir)
+    params_dir = storage.path(params_dir)
     try:
         tree = ocp.StandardCheckpointer().metadata(params_dir).item_metadata.tree
     except Exception as e:  # noqa: BLE001 - missing folder, not an Orbax tree, unreadable metadata
@@ -309,7 +310,7 @@ def single_device_target(params_dir: str | pathlib.Path) -> Any:
 def load_exported(directory: str | pathlib.Path, target: Any = None) -> tuple[dict[str, Any], Any]:
     """(model config dict, params) from `export_params`. `target` (abstract params with shardings) lays them out
     on a mesh; without it they land on this process's first device, whatever mesh wrote them."""
-    directory = pathlib.Path(directory).absolute()
+    directory = storage.path(directory)
     cfg = json.loads((directory / "model_config.json").read_text())
     if target is None:
         target = single_device_target(directory / "params")
@@ -326,7 +327,7 @@ def save_tokenizer(data_path: str | pathlib.Path, workdir: str | pathlib.Path) -
     None). Returns the folder, or None when nothing usable was written (a failed copy must not stop training)."""
     from mosaic_jax.data.tokenizers import MANIFEST_FILE
 
-    src, dest = pathlib.Path(data_path).absolute(), pathlib.Path(workdir).absolute() / TOKENIZER_DIR
+    src, dest = storage.path(data_path), storage.path(workdir) / TOKENIZER_DIR
     try:
         info = json.loads((src / MANIFEST_FILE).read_text())["tokenizer"]
         want = str(info["hash"])
@@ -343,6 +344,18 @@ def save_tokenizer(data_path: str | pathlib.Path, workdir: str | pathlib.Path) -
             return dest
         log.warning("%s holds another tokenizer (hash %s, the data's is %s); left as it is", dest, have[:12], want[:12])
         return None
+    if storage.is_remote(dest):   # no renames on GCS: the manifest, written last in one upload, completes the copy
+        try:
+            if info.get("file"):
+                name = pathlib.Path(str(info["file"])).name
+                storage.write_bytes(dest / name, (src / str(info["file"])).read_bytes())
+                info = {**info, "file": name}
+            storage.write_text(dest / MANIFEST_FILE, json.dumps({"tokenizer": info, "copied_from": str(src)},
+                                                                indent=1) + "\n")
+        except Exception as e:  # noqa: BLE001 - a failed copy must not stop training
+            log.warning("could not copy the tokenizer of %s to %s (%s)", src, dest, e)
+            return None
+        return dest
     tmp = dest.with_name(f".{TOKENIZER_DIR}.tmp-{os.getpid()}")
     try:
         shutil.rmtree(tmp, ignore_errors=True)

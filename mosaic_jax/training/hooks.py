@@ -53,8 +53,8 @@ class Checkpoint(Hook):
     """Register with every=1 (it polls and agrees every step; the save interval is the Checkpointer's)."""
 
     def __init__(self, ckpt: checkpoint.Checkpointer, stop: run_guard.StopRequest, config: Mapping[str, Any],
-                 data: Mapping[str, Any]) -> None:
-        self.ckpt, self.stop, self.config, self.data = ckpt, stop, config, data
+                 data: Mapping[str, Any], writer: Optional[metrics.MetricWriter] = None) -> None:
+        self.ckpt, self.stop, self.config, self.data, self.writer = ckpt, stop, config, data, writer
 
     def after_step(self, info: StepInfo) -> None:
         save_error = self.ckpt.poll()   # an async save that failed stops the run now, not an interval later
@@ -67,6 +67,8 @@ class Checkpoint(Hook):
         if self.ckpt.should_save(info.step) or info.is_last or stop:
             info.loop.fetch()   # never save a state whose loss or gradient is not finite
             self.ckpt.save(info.step, info.state, self.config, {**self.data, "position": info.step}, force=True)
+            if self.writer is not None:   # gs://: the metrics up to a checkpoint reach the bucket with it
+                self.writer.flush()
 
     def on_exit(self) -> None:
         self.ckpt.wait()   # keep every save already started (the last good checkpoint stays on errors)

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mosaic_jax.io import storage
 from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
 
@@ -138,30 +139,35 @@ FILES_RECORD = "integrity_files.json"
 _UNHASHED = {FILES_RECORD, "_CHECKPOINT_METADATA"}   # Orbax rewrites its step metadata after the commit
 
 
-def _sha256(path: pathlib.Path) -> str:
+def _sha256(path: Any) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         while chunk := f.read(1 << 23):
             h.update(chunk)
     return h.hexdigest()
 
 
-def _hashed_files(step_dir: pathlib.Path) -> list[pathlib.Path]:
-    return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name not in _UNHASHED)
+def _hashed_files(step_dir: Any) -> dict[str, int]:
+    """{relative path: bytes} of the files of a step (local or gs://), less those Orbax rewrites after the commit."""
+    return {rel: n for rel, n in sorted(storage.list_files(step_dir).items())
+            if rel.rsplit("/", 1)[-1] not in _UNHASHED}
+
+
+def _size(path: Any) -> int:
+    """Bytes of a local file or a gs:// object (epath's stat has `length`, not `st_size`)."""
+    return os.path.getsize(path) if not storage.is_remote(path) else int(path.stat().length)
 
 
 def write_file_record(step_dir: str | pathlib.Path) -> None:
     """`step_dir/integrity_files.json`: {relative path: [size, sha256]} for every file of the step."""
-    step_dir = pathlib.Path(step_dir)
-    files = {str(p.relative_to(step_dir)): [p.stat().st_size, _sha256(p)] for p in _hashed_files(step_dir)}
-    tmp = step_dir / f".{FILES_RECORD}.tmp"
-    tmp.write_text(json.dumps({"algorithm": "sha256", "files": files}, indent=0) + "\n")
-    os.replace(tmp, step_dir / FILES_RECORD)
+    step_dir = storage.path(step_dir)
+    files = {rel: [n, _sha256(step_dir / rel)] for rel, n in _hashed_files(step_dir).items()}
+    storage.write_text(step_dir / FILES_RECORD, json.dumps({"algorithm": "sha256", "files": files}, indent=0) + "\n")
 
 
 def verify_file_record(step_dir: str | pathlib.Path) -> Optional[str]:
     """None if every recorded file is there, of its size and hash (or there is no record), else the first fault."""
-    step_dir = pathlib.Path(step_dir)
+    step_dir = storage.path(step_dir)
     path = step_dir / FILES_RECORD
     if not path.exists():
         return None
@@ -173,8 +179,8 @@ def verify_file_record(step_dir: str | pathlib.Path) -> Optional[str]:
         f = step_dir / rel
         if not f.is_file():
             return f"file {rel} is missing"
-        if f.stat().st_size != size:
-            return f"file {rel} has {f.stat().st_size} bytes, {size} recorded"
+        if _size(f) != size:
+            return f"file {rel} has {_size(f)} bytes, {size} recorded"
         if _sha256(f) != digest:
             return f"file {rel} fails its sha256"
     return None

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional
 import jax
 import numpy as np
 
+from mosaic_jax.io import storage
 from mosaic_jax.training import trackers
 
 
@@ -31,8 +32,9 @@ class MetricWriter:
         if not self.enabled:
             return
         names = trackers.parse(trackers_spec)   # validated in run_config.resolve(); here for direct callers
-        workdir = pathlib.Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
+        workdir = storage.path(workdir)
+        if not storage.is_remote(workdir):   # gs:// has no folders to create
+            workdir.mkdir(parents=True, exist_ok=True)
         for name in names:
             if name == "jsonl":
                 self._trackers.append(trackers.JsonlTracker(workdir))

@@ -54,7 +54,7 @@ def os_reason(e: BaseException) -> str:
 def io_error_line(e: OSError, workdir: Optional[str]) -> str:
     """'No space left on device: /w/metrics.jsonl (workdir /w)' for an OSError the trainer did not expect."""
     where = f": {e.filename}" if getattr(e, "filename", None) else ""
-    return f"{os_reason(e)}{where} (workdir {os.path.abspath(workdir) if workdir else '?'})"
+    return f"{os_reason(e)}{where} (workdir {workdir if str(workdir).startswith('gs://') else os.path.abspath(workdir) if workdir else '?'})"
 
 
 _ORBAX_DIR = f"{os.sep}orbax{os.sep}"

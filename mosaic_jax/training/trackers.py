@@ -2,6 +2,8 @@
 
 `train.trackers` names them ("jsonl,tensorboard" by default). Each tracker takes already-converted scalars
 (`{name: float}`) so all of them record the same values; only process 0 creates any (MetricWriter decides).
+On a gs:// workdir, JSONL and TensorBoard write to a local staging folder that is appended to the bucket every
+`SYNC_SECONDS` and on close (mosaic_jax/io/gcs_append.py: bounded buffering, never a half-written object).
 """
 from __future__ import annotations
 
@@ -10,11 +12,23 @@ import json
 import math
 import pathlib
 import sys
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
+
+from mosaic_jax.io import storage
 
 KNOWN = ("jsonl", "tensorboard", "wandb")
 DEFAULT = "jsonl,tensorboard"
 WANDB_MISSING = "needs the wandb package: pip install 'mosaic_jax[wandb]'"
+SYNC_SECONDS = 30.0   # gs:// workdirs: how often metrics reach the bucket (a SIGKILL loses at most this much)
+
+
+def _staged(folder: Any) -> tuple[pathlib.Path, Optional[Any]]:
+    """(local folder to write in, its StagedDir or None): `folder` itself when local, a staging folder for gs://."""
+    if not storage.is_remote(folder):
+        return pathlib.Path(folder), None
+    from mosaic_jax.io import gcs_append
+    stage = gcs_append.StagedDir(folder, every_s=SYNC_SECONDS)
+    return stage.local, stage
 
 
 def parse(spec: str) -> tuple[str, ...]:
@@ -71,34 +85,44 @@ class Tracker:
 class JsonlTracker(Tracker):
     """`workdir/metrics.jsonl`, one record a line. The run config is in `workdir/config.json` (not repeated here)."""
 
-    def __init__(self, workdir: pathlib.Path) -> None:
-        self._f = open(workdir / "metrics.jsonl", "a", buffering=1)  # line-buffered: survives a kill
+    def __init__(self, workdir: Any) -> None:
+        local, self._stage = _staged(workdir)
+        self._f = open(local / "metrics.jsonl", "a", buffering=1)  # line-buffered: survives a kill
 
     def log_scalars(self, step: int, split: str, scalars: Mapping[str, float], wall_time: float) -> None:
         record: dict[str, Any] = {"step": int(step), "split": split, "time": round(wall_time, 3)}
         for name, v in scalars.items():
             record[name] = v if math.isfinite(v) else str(v)   # JSON has no NaN/Inf literals
         self._f.write(json.dumps(record) + "\n")
+        if self._stage is not None:
+            self._stage.maybe_sync()
 
     def log_text(self, step: int, tag: str, text: str) -> None:
         self._f.write(json.dumps({"step": int(step), "split": "text", "tag": tag, "text": text}) + "\n")
 
     def flush(self) -> None:
         self._f.flush()
+        if self._stage is not None:
+            self._stage.sync()
 
     def close(self) -> None:
         self._f.close()
+        if self._stage is not None:
+            self._stage.close()
 
 
 class TensorBoardTracker(Tracker):
     """`workdir/tensorboard/` event files (tensorboardX: clu's default writer imports TensorFlow)."""
 
-    def __init__(self, workdir: pathlib.Path) -> None:
-        self._tb = _summary_writer_class()(str(workdir / "tensorboard"), flush_secs=10)
+    def __init__(self, workdir: Any) -> None:
+        local, self._stage = _staged(workdir / "tensorboard")
+        self._tb = _summary_writer_class()(str(local), flush_secs=10)
 
     def log_scalars(self, step: int, split: str, scalars: Mapping[str, float], wall_time: float) -> None:
         for name, v in scalars.items():
             self._tb.add_scalar(f"{split}/{name}", v, int(step))
+        if self._stage is not None and self._stage.due():
+            self.flush()
 
     def log_text(self, step: int, tag: str, text: str) -> None:
         self._tb.add_text(tag, text, int(step))
@@ -108,9 +132,13 @@ class TensorBoardTracker(Tracker):
 
     def flush(self) -> None:
         self._tb.flush()
+        if self._stage is not None:
+            self._stage.sync()
 
     def close(self) -> None:
         self._tb.close()
+        if self._stage is not None:
+            self._stage.close()
 
 
 def wandb_run_id(workdir: pathlib.Path) -> str:

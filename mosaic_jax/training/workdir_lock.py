@@ -16,6 +16,11 @@ A lock left by a crash (SIGKILL, a dead node) is stale:
   unless the holder was an earlier run of this same SLURM job (a requeue: SLURM runs a job id once at a time).
 Taking over renames the stale file aside and checks it is still the record judged stale before deleting it, so
 two runs that find the same stale lock cannot both win.
+
+On a `gs://` workdir the lock is an object created with the precondition "generation 0" (exists: refused,
+atomically, by GCS itself), and it is deleted (on release or takeover) with the precondition "still the generation
+read", so a lock re-created by another run in between is never removed. Same-host liveness checks apply; a holder
+on another host needs `--break_lock` (or a SLURM requeue), as on a shared filesystem.
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ import socket
 import time
 import uuid
 from typing import Any, Optional
+
+from mosaic_jax.io import storage
 
 LOCK_FILE = "lock.json"
 BREAK_FLAG = "--break_lock"
@@ -92,12 +99,19 @@ class WorkdirLock:
     record: dict[str, Any]
     note: str = ""                 # e.g. the stale lock that was taken over (the caller prints it)
     created_dir: bool = False      # the workdir did not exist: removed on release if still empty
+    generation: Optional[int] = None   # gs://: the lock object's generation (deleted only while it is still ours)
 
     def held(self) -> bool:
+        if self.generation is not None:
+            got = storage.read_with_generation(self.path)
+            return got is not None and got[1] == self.generation
         return (_read(self.path) or {}).get("token") == self.record["token"]
 
     def release(self) -> None:
         """Remove the lock file if it is still ours (a `--break_lock` elsewhere may have replaced it)."""
+        if self.generation is not None:
+            storage.delete_if_generation(self.path, self.generation)
+            return
         try:
             if self.held():
                 self.path.unlink()
@@ -145,8 +159,32 @@ def _remove_if_same(path: pathlib.Path, judged: dict[str, Any]) -> None:
     aside.unlink()
 
 
+def _judge(held: Optional[dict[str, Any]], record: dict[str, Any], workdir: Any, path: Any,
+           break_lock: bool) -> str:
+    """Why the lock `held` may be taken over (the note's reason), or LockError naming its live holder."""
+    if held.get("token"):
+        state = holder_state(held)
+    elif break_lock:
+        state = "other-host"
+    else:
+        raise LockError(f"{path} is not a lock record (unreadable or foreign); if no run uses {workdir}, "
+                        f"re-run with {BREAK_FLAG}")
+    if state == "alive":
+        raise LockError(f"--workdir={workdir} is in use by {describe(held)}; wait for that run to end or use "
+                        "another --workdir")
+    requeued = state == "other-host" and bool(held.get("slurm_job_id")) and \
+        held.get("slurm_job_id") == record["slurm_job_id"]
+    if state == "other-host" and not break_lock and not requeued:
+        raise LockError(f"--workdir={workdir} is locked by {describe(held)}, which cannot be checked from "
+                        f"{socket.gethostname()}; if that run is dead, re-run with {BREAK_FLAG}")
+    return ("an earlier run of this SLURM job" if requeued else "broken with " + BREAK_FLAG
+            if state == "other-host" else "that process is gone")
+
+
 def acquire(workdir: str | os.PathLike[str], *, break_lock: bool = False, job: str = "") -> WorkdirLock:
     """Create the workdir if needed and take its lock, or raise LockError naming the holder."""
+    if storage.is_remote(workdir):
+        return _acquire_remote(str(workdir).rstrip("/"), break_lock, job)
     workdir = pathlib.Path(workdir).absolute()
     if workdir.exists() and not workdir.is_dir():
         raise LockError(f"--workdir={workdir} is a file, not a folder")
@@ -168,24 +206,35 @@ def acquire(workdir: str | os.PathLike[str], *, break_lock: bool = False, job: s
         held = _read(path)
         if held is None:
             continue   # released meanwhile: try again
-        if held.get("token"):
-            state = holder_state(held)
-        elif break_lock:
-            state = "other-host"
-        else:
-            raise LockError(f"{path} is not a lock record (unreadable or foreign); if no run uses {workdir}, "
-                            f"re-run with {BREAK_FLAG}")
-        if state == "alive":
-            raise LockError(f"--workdir={workdir} is in use by {describe(held)}; wait for that run to end or use "
-                            "another --workdir")
-        requeued = state == "other-host" and bool(held.get("slurm_job_id")) and \
-            held.get("slurm_job_id") == record["slurm_job_id"]
-        if state == "other-host" and not break_lock and not requeued:
-            raise LockError(f"--workdir={workdir} is locked by {describe(held)}, which cannot be checked from "
-                            f"{socket.gethostname()}; if that run is dead, re-run with {BREAK_FLAG}")
+        why = _judge(held, record, workdir, path, break_lock)
         _remove_if_same(path, held)
-        why = ("an earlier run of this SLURM job" if requeued else "broken with " + BREAK_FLAG
-               if state == "other-host" else "that process is gone")
+        note = f"took over the stale lock of {describe(held)} in {workdir} ({why})"
+        time.sleep(0.01)
+    raise LockError(f"could not take the lock {path}: other runs keep taking it")
+
+
+def _acquire_remote(workdir: str, break_lock: bool, job: str) -> WorkdirLock:
+    """`acquire` for gs://: create-if-absent and delete-if-unchanged through generation preconditions."""
+    path = storage.path(f"{workdir}/{LOCK_FILE}")
+    record, note = own_record(job), ""
+    for _ in range(5):
+        try:
+            generation = storage.create_exclusive(path, (json.dumps(record) + "\n").encode())
+            return WorkdirLock(path, record, note, generation=generation)
+        except FileExistsError:
+            pass
+        except Exception as e:  # noqa: BLE001 - no bucket, no permission, no network: one line
+            raise LockError(f"cannot write to --workdir={workdir}: {type(e).__name__}: "
+                            f"{' '.join(str(e).split())[:200]}") from None
+        got = storage.read_with_generation(path)
+        if got is None:
+            continue   # released meanwhile: try again
+        try:
+            held = json.loads(got[0])
+        except ValueError:
+            held = {}
+        why = _judge(held if isinstance(held, dict) else {}, record, workdir, path, break_lock)
+        storage.delete_if_generation(path, got[1])   # a lock created since we read it stays
         note = f"took over the stale lock of {describe(held)} in {workdir} ({why})"
         time.sleep(0.01)
     raise LockError(f"could not take the lock {path}: other runs keep taking it")
