@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from mosaic_jax.ops import memory
 from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
+from mosaic_jax.models.mosaic.layers import ln
 
 Array = jax.Array
 Params = Any
@@ -65,10 +66,6 @@ def _family(cfg: ModelConfig) -> registry.Family:
 # ---------------------------------------------------------------------------------------------------------------
 # Shared pieces
 # ---------------------------------------------------------------------------------------------------------------
-def ln(x: Array, p: Params) -> Array:
-    return memory.layer_norm(x, p["weight"], p.get("bias"))
-
-
 def _layer(cfg: ModelConfig, params: Params, l: int) -> Params:
     return jax.tree.map(lambda a: a[l], params["blocks"][cfg.arch])
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -21,6 +21,7 @@ from mosaic_jax.ops import memory
 from mosaic_jax.models.config import ModelConfig
 
 Array = jax.Array
+Params = Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,15 +55,24 @@ def param(module: nn.Module, name: str, init: Callable[..., Array], shape: tuple
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
 
 
+def ln(x: Array, p: Params) -> Array:
+    """LayerNorm over the last axis with the parameter dict {"weight", "bias"?} of `LayerNorm`."""
+    return memory.layer_norm(x, p["weight"], p.get("bias"))
+
+
 class LayerNorm(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
+    def params_of(self, C: int) -> Params:
+        """Declares (or fetches) the parameters: blocks written as pure functions take them as a dict."""
+        p = {"weight": param(self, "weight", nn.initializers.ones, (C,), ("norm",))}
+        if self.cfg.bias:
+            p["bias"] = param(self, "bias", nn.initializers.zeros, (C,), ("norm",))
+        return p
+
     def __call__(self, x: Array) -> Array:
-        C = x.shape[-1]
-        w = param(self, "weight", nn.initializers.ones, (C,), ("norm",))
-        b = param(self, "bias", nn.initializers.zeros, (C,), ("norm",)) if self.cfg.bias else None
-        return memory.layer_norm(x, w, b)
+        return ln(x, self.params_of(x.shape[-1]))
 
 
 def fused_projections(cfg: ModelConfig) -> bool:
