@@ -23,9 +23,9 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from mosaic_jax.ops import memory
 from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
+from mosaic_jax.models.mosaic.layers import ln
 
 Array = jax.Array
 Params = Any
@@ -65,10 +65,6 @@ def _family(cfg: ModelConfig) -> registry.Family:
 # ---------------------------------------------------------------------------------------------------------------
 # Shared pieces
 # ---------------------------------------------------------------------------------------------------------------
-def ln(x: Array, p: Params) -> Array:
-    return memory.layer_norm(x, p["weight"], p.get("bias"))
-
-
 def _layer(cfg: ModelConfig, params: Params, l: int) -> Params:
     return jax.tree.map(lambda a: a[l], params["blocks"][cfg.arch])
 
@@ -85,22 +81,6 @@ def _head(cfg: ModelConfig, params: Params, x: Array) -> Array:
     return logits / registry.of(cfg).logit_divisor(cfg)
 
 
-def out_proj(p: Params, y: Array) -> Array:
-    out = jnp.einsum("...hd,hdc->...c", y, p["wo"].astype(y.dtype))
-    return out + p["bo"].astype(out.dtype) if "bo" in p else out
-
-
-def residual(cfg: ModelConfig, p: Params, x: Array, cmem_fn: Any, pmem_fn: Any) -> Array:
-    """The block's two branches with pre-LN (reference) or post-LN ordering."""
-    if cfg.pre_ln:
-        x = x + cmem_fn(ln(x, p["ln1"]))
-        return x + pmem_fn(ln(x, p["ln2"]))
-    x = ln(x, p["ln1"])
-    x = x + cmem_fn(x)
-    x = ln(x, p["ln2"])
-    return x + pmem_fn(x)
-
-
 def rows_at(x_BT: Array, idx_B: Array) -> Array:
     """x[b, idx[b]] for every row b."""
     return jnp.take_along_axis(x_BT, idx_B.reshape((-1, 1) + (1,) * (x_BT.ndim - 2)), axis=1)[:, 0]
@@ -111,12 +91,6 @@ def hist_at(h_BTC: Array, lengths_B: Array, K: int) -> Array:
     hp = jnp.pad(h_BTC, ((0, 0), (K - 1, 0), (0, 0)))
     idx = lengths_B[:, None] + jnp.arange(K - 1)[None]         # padded coordinates of len−K+1.. len−1
     return jnp.take_along_axis(hp, idx[:, :, None], axis=1)
-
-
-def scalars(p: Params) -> tuple[Array, Array, Array]:
-    """(decay a = e^{−λ}, key scale, value scale) per head, float32."""
-    return jnp.exp(-memory.leak_rate(p["leaky_key_beta"])), memory.key_scale(p["kernel_beta"]), \
-        memory.value_scale(p["value_beta"])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -10,9 +10,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mosaic_jax.inference.decode import Cache, ln
+from mosaic_jax.inference.decode import Cache
 from mosaic_jax.models.config import ModelConfig
-from mosaic_jax.models.gpt2.layers import causal_attention
+from mosaic_jax.models.gpt2.layers import causal_attention, gpt2_block
 from mosaic_jax.ops import memory
 
 Array = jax.Array
@@ -37,33 +37,28 @@ def embed_positions(params: Params, x: Array, pos: Array) -> Array:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def _qkv(p: Params, h: Array) -> Array:
-    qkv = jnp.einsum("...c,cjhd->j...hd", h, p["c_attn"].astype(h.dtype))
-    if "b_attn" in p:
-        qkv = qkv + p["b_attn"].astype(h.dtype).reshape((3,) + (1,) * (h.ndim - 1) + p["b_attn"].shape[1:])
-    return qkv
-
-
-def _tail(p: Params, x: Array, y: Array) -> Array:
-    """Attention output projection, residual, then the MLP branch."""
-    dt = x.dtype
-    x = x + jnp.einsum("...hd,hdc->...c", y, p["attn_proj"].astype(dt)) + p.get("b_attn_proj", 0)
-    h = ln(x, p["ln_2"])
-    h = jax.nn.gelu(jnp.einsum("...c,cf->...f", h, p["c_fc"].astype(dt)) + p.get("b_fc", 0), approximate=True)
-    return x + jnp.einsum("...f,fc->...c", h, p["mlp_proj"].astype(dt)) + p.get("b_mlp_proj", 0)
-
-
 def prefill_layer(cfg: ModelConfig, p: Params, x_BTC: Array, lengths_B: Array) -> tuple[Array, dict[str, Array]]:
-    q, k, v = _qkv(p, ln(x_BTC, p["ln_1"]))
-    return _tail(p, x_BTC, causal_attention(q, k, v)), {"k": k, "v": v, "q": q}   # q: analysis only
+    """The training block with plain causal attention; keeps k, v for the cache (q: analysis only)."""
+    st: dict[str, Array] = {}
+
+    def attend(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array) -> Array:
+        st.update(k=k_BTHD, v=v_BTHD, q=q_BTHD)
+        return causal_attention(q_BTHD, k_BTHD, v_BTHD)
+
+    return gpt2_block(p, x_BTC, attend), st
 
 
 def step_layer(cfg: ModelConfig, p: Params, x_BC: Array, c: Cache, l: int, read_len: int) -> Array:
+    """The training block at one position per row: attention writes k, v into the cache and reads slots j <= pos."""
     pos, rows = c["pos"], jnp.arange(x_BC.shape[0])
-    q, k, v = _qkv(p, ln(x_BC, p["ln_1"]))
-    c["k"] = c["k"].at[l, rows, pos].set(k)
-    c["v"] = c["v"].at[l, rows, pos].set(v)
-    keys, values = c["k"][l, :, :read_len], c["v"][l, :, :read_len]
-    scores = jnp.einsum("bhd,bshd->bhs", q, keys, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-    w = memory.masked_softmax(scores, (jnp.arange(read_len)[None, :] <= pos[:, None])[:, None, :])
-    return _tail(p, x_BC, jnp.einsum("bhs,bshd->bhd", w.astype(values.dtype), values))
+
+    def attend(q_BHD: Array, k_BHD: Array, v_BHD: Array) -> Array:
+        c["k"] = c["k"].at[l, rows, pos].set(k_BHD)
+        c["v"] = c["v"].at[l, rows, pos].set(v_BHD)
+        keys, values = c["k"][l, :, :read_len], c["v"][l, :, :read_len]
+        scores = jnp.einsum("bhd,bshd->bhs", q_BHD, keys, preferred_element_type=jnp.float32)
+        scores = scores / math.sqrt(q_BHD.shape[-1])
+        w = memory.masked_softmax(scores, (jnp.arange(read_len)[None, :] <= pos[:, None])[:, None, :])
+        return jnp.einsum("bhs,bshd->bhd", w.astype(values.dtype), values)
+
+    return gpt2_block(p, x_BC, attend)

@@ -6,7 +6,7 @@ learned positions, tied head) is shared with the memory mosaic in `models/lm.py`
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -14,9 +14,10 @@ import jax.numpy as jnp
 
 from mosaic_jax.ops import memory
 from mosaic_jax.models.config import ModelConfig
-from mosaic_jax.models.mosaic.layers import LayerNorm, dropout, normal, param
+from mosaic_jax.models.mosaic.layers import LayerNorm, dropout, ln, normal, param
 
 Array = jax.Array
+Params = Any
 GPT2_STD = 0.02
 
 
@@ -40,7 +41,40 @@ def causal_attention(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, *, dropout_rat
     return jnp.einsum("bhts,bshd->bthd", w.astype(v_BTHD.dtype), v_BTHD)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The block's math, once: training, prefill and the decoding step differ only in `attend` (MaxText's mode switch)
+# ---------------------------------------------------------------------------------------------------------------
+Attend = Callable[[Array, Array, Array], Array]   # (q, k, v) (..., H, D) -> attention read (..., H, D)
+Branch = Callable[[Array], Array]                 # applied to each residual branch (dropout p_hd in training)
+
+
+def _bias(p: Params, name: str, dt: jnp.dtype) -> Array | float:
+    return p[name].astype(dt) if name in p else 0.0
+
+
+def qkv(p: Params, h_XC: Array) -> Array:
+    """(3, ..., H, D) projections of h (..., C): (B,T,C) in training/prefill, (B,C) in a decoding step."""
+    out = jnp.einsum("...c,cjhd->j...hd", h_XC, p["c_attn"].astype(h_XC.dtype))
+    if "b_attn" in p:
+        b = p["b_attn"].astype(h_XC.dtype)
+        out = out + b.reshape((3,) + (1,) * (h_XC.ndim - 1) + b.shape[1:])
+    return out
+
+
+def gpt2_block(p: Params, x_XC: Array, attend: Attend, branch: Branch = lambda y: y) -> Array:
+    """x + attn(LN1 x), then + MLP(LN2 x), on the parameter dict of `GPT2Block` (x: (..., C))."""
+    dt = x_XC.dtype
+    q, k, v = qkv(p, ln(x_XC, p["ln_1"]))
+    y = jnp.einsum("...hd,hdc->...c", attend(q, k, v), p["attn_proj"].astype(dt)) + _bias(p, "b_attn_proj", dt)
+    x_XC = x_XC + branch(y)
+    h = jnp.einsum("...c,cf->...f", ln(x_XC, p["ln_2"]), p["c_fc"].astype(dt)) + _bias(p, "b_fc", dt)
+    h = jax.nn.gelu(h, approximate=True)
+    h = jnp.einsum("...f,fc->...c", h, p["mlp_proj"].astype(dt)) + _bias(p, "b_mlp_proj", dt)
+    return x_XC + branch(h)
+
+
 class GPT2Block(nn.Module):
+    """Declares the parameters (names, shapes, logical axes, nanoGPT's init) and runs `gpt2_block` on them."""
     cfg: ModelConfig
 
     @nn.compact
@@ -48,30 +82,20 @@ class GPT2Block(nn.Module):
         c = self.cfg
         C, H, D = c.n_embd, c.n_head, c.head_dim
         proj_std = GPT2_STD / math.sqrt(2 * c.n_layer)
-        dt = x_BTC.dtype
-
-        w_qkv = param(self, "c_attn", normal(GPT2_STD), (C, 3, H, D), ("embed", "qkv", "heads", "head_dim"))
-        w_o = param(self, "attn_proj", normal(proj_std), (H, D, C), ("heads", "head_dim", "embed"))
-        w_fc = param(self, "c_fc", normal(GPT2_STD), (C, 4 * C), ("embed", "mlp"))
-        w_mp = param(self, "mlp_proj", normal(proj_std), (4 * C, C), ("mlp", "embed"))
-        bias = {}
+        p = {"c_attn": param(self, "c_attn", normal(GPT2_STD), (C, 3, H, D), ("embed", "qkv", "heads", "head_dim")),
+             "attn_proj": param(self, "attn_proj", normal(proj_std), (H, D, C), ("heads", "head_dim", "embed")),
+             "c_fc": param(self, "c_fc", normal(GPT2_STD), (C, 4 * C), ("embed", "mlp")),
+             "mlp_proj": param(self, "mlp_proj", normal(proj_std), (4 * C, C), ("mlp", "embed"))}
         if c.bias:
             for name, shape, axes in (("b_attn", (3, H, D), ("qkv", "heads", "head_dim")), ("b_attn_proj", (C,), ("embed",)),
                                       ("b_fc", (4 * C,), ("mlp",)), ("b_mlp_proj", (C,), ("embed",))):
-                bias[name] = param(self, name, nn.initializers.zeros, shape, axes).astype(dt)
-
-        h = LayerNorm(c, name="ln_1")(x_BTC)
-        qkv = jnp.einsum("btc,cjhd->jbthd", h, w_qkv.astype(dt))
-        if c.bias:
-            qkv = qkv + bias["b_attn"][:, None, None]
+                p[name] = param(self, name, nn.initializers.zeros, shape, axes)
+        p["ln_1"] = LayerNorm(c, name="ln_1").params_of(C)
+        p["ln_2"] = LayerNorm(c, name="ln_2").params_of(C)
         rng = None if deterministic or c.ic_dropout == 0.0 else self.make_rng("dropout")
-        y = causal_attention(qkv[0], qkv[1], qkv[2], dropout_rate=c.ic_dropout, dropout_rng=rng,
-                             segment_ids_BT=segment_ids_BT)
-        y = jnp.einsum("bthd,hdc->btc", y, w_o.astype(dt)) + (bias["b_attn_proj"] if c.bias else 0)
-        x_BTC = x_BTC + dropout(self, y, c.hd_dropout, deterministic)
 
-        h = LayerNorm(c, name="ln_2")(x_BTC)
-        h = jnp.einsum("btc,cf->btf", h, w_fc.astype(dt)) + (bias["b_fc"] if c.bias else 0)
-        h = jax.nn.gelu(h, approximate=True)
-        h = jnp.einsum("btf,fc->btc", h, w_mp.astype(dt)) + (bias["b_mlp_proj"] if c.bias else 0)
-        return x_BTC + dropout(self, h, c.hd_dropout, deterministic)
+        def attend(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array) -> Array:
+            return causal_attention(q_BTHD, k_BTHD, v_BTHD, dropout_rate=c.ic_dropout, dropout_rng=rng,
+                                    segment_ids_BT=segment_ids_BT)
+
+        return gpt2_block(p, x_BTC, attend, lambda y: dropout(self, y, c.hd_dropout, deterministic))

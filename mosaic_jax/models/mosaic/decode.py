@@ -1,5 +1,7 @@
-"""The v1 memory mosaic's layer decoder: its cache, the parallel prefill (the full-forward math) and the recurrent
-step, run by the shared loop of `mosaic_jax.inference.decode`.
+"""The v1 memory mosaic's layer decoder: its cache and the two decoding modes of the training block
+(`layers.mosaic_residual` and its branches, run unchanged): `Prefill`, the training forward that also records the
+cache, and `Step`, the recurrent key states and the read of the cached pairs. Run by the shared loop of
+`mosaic_jax.inference.decode`.
 
 Memory-mosaic cache, per layer l (leading axis L), batch row b, slot j < S:
     ck_state, pk_state (L,B,H,D) f32  leaky key state of the C-mem / P-mem, k̄_t = a·k̄_{t−1} + (1−a)·k̃_t
@@ -10,17 +12,19 @@ Memory-mosaic cache, per layer l (leading axis L), batch row b, slot j < S:
 The step at position t: update the key states, write k_t; complete v_{t−1} = c·ṽ_{t−1} + (1−c)·ṽ_t (normalised,
 scaled) into slot t−1; query k_t over the pairs 0..t−1 (row 0 reads nothing: output 0); P-mem reads its slots.
 There is no position encoding, so a mosaic decoder runs past the training window up to S (see docs/inference.md).
-
 """
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 
-from mosaic_jax.inference.decode import Cache, hist_at, out_proj, residual, rows_at, scalars
+from mosaic_jax.inference.decode import Cache, hist_at, rows_at
 from mosaic_jax.models.config import ModelConfig
+from mosaic_jax.models.mosaic.layers import (DEFAULT_FNS, Parallel, contextual_branch, key_features, mosaic_residual,
+                                            persistent_branch, persistent_read, unit_keys)
 from mosaic_jax.ops import memory
 
 Array = jax.Array
@@ -49,80 +53,76 @@ def embed_positions(params: Params, x: Array, pos: Array) -> Array:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def prefill_layer(cfg: ModelConfig, p: Params, x_BTC: Array, lengths_B: Array
-                          ) -> tuple[Array, dict[str, Array]]:
-    K = cfg.k_kernel_size
-    st: dict[str, Array] = {}
+# The block is `layers.mosaic_residual` with the C-mem/P-mem branches of the training forward; only the mode differs.
+# ---------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Prefill(Parallel):
+    """The training forward over the prompt, recording each unit's last key state, conv taps and the C-mem pairs."""
+    lengths_B: Optional[Array] = None
+    record: dict[str, Array] = dataclasses.field(default_factory=dict)
 
-    def keys(pm: Params, h: Array, scale: Array) -> tuple[Array, Array]:
-        kt = memory.causal_conv_features(h, pm["k_features"]["wk"], pm["k_features"].get("bk"))
-        kbar = memory.leaky_average(kt, memory.leak_rate(pm["leaky_key_beta"]), cfg.leaky_impl)
-        return kbar, memory.l2_normalize(kbar) * scale[None, None, :, None].astype(kbar.dtype)
+    def keys(self, unit: str, p: Params, h_BTC: Array, scale_H: Array) -> Array:
+        # the default extractor written out: the cache keeps the leaky average k̄ before normalisation
+        kt = key_features(self.cfg, p["k_features"], h_BTC)
+        kbar = memory.leaky_average(kt, memory.leak_rate(p["leaky_key_beta"]), self.cfg.leaky_impl)
+        self.record[f"{unit}k_state"] = rows_at(kbar, self.lengths_B - 1).astype(jnp.float32)
+        self.record[f"{unit}_hist"] = hist_at(h_BTC, self.lengths_B, self.cfg.k_kernel_size)
+        return unit_keys(kbar, scale_H)
 
-    def cmem(h: Array) -> Array:
-        pm = p["cmem"]
-        kbar, k = keys(pm, h, memory.key_scale(pm["kernel_beta"]))
-        vt = jnp.einsum("btc,chd->bthd", h, pm["wv"].astype(h.dtype))
-        if "bv" in pm:
-            vt = vt + pm["bv"].astype(vt.dtype)
-        v = memory.lookahead_values(vt, pm["v_coef"], memory.value_scale(pm["value_beta"]))
-        y = memory.contextual_retrieval(k, v, impl=cfg.cmem_impl)
-        st.update(ck_state=rows_at(kbar, lengths_B - 1).astype(jnp.float32), c_hist=hist_at(h, lengths_B, K),
-                  keys=k, values=v, vt_prev=rows_at(vt, lengths_B - 1))
-        return out_proj(pm["out"], y)
+    def contextual(self, p: Params, k_BTHD: Array, vt_BTHD: Array) -> Array:
+        v = self.values(p, vt_BTHD)
+        self.record.update(keys=k_BTHD, values=v, vt_prev=rows_at(vt_BTHD, self.lengths_B - 1))
+        return self.read(k_BTHD, v)
 
-    def pmem(h: Array) -> Array:
-        pm = p["pmem"]
-        kbar, q = keys(pm, h, jnp.square(memory.key_scale(pm["kernel_beta"])))
-        y = memory.persistent_retrieval(q, pm["mk"], pm["mv"])
-        y = y * memory.value_scale(pm["value_beta"])[None, None, :, None].astype(y.dtype)
-        st.update(pk_state=rows_at(kbar, lengths_B - 1).astype(jnp.float32), p_hist=hist_at(h, lengths_B, K))
-        return out_proj(pm["out"], y)
 
-    x_BTC = residual(cfg, p, x_BTC, cmem, pmem)
-    return x_BTC, st
+@dataclasses.dataclass
+class Step:
+    """One position per row: the recurrent key states and the contextual read of the cached pairs (layer l)."""
+    cfg: ModelConfig
+    c: Cache
+    l: int
+    read_len: int
+
+    def keys(self, unit: str, p: Params, h_BC: Array, scale_H: Array) -> Array:
+        c, l, hist, state = self.c, self.l, f"{unit}_hist", f"{unit}k_state"
+        a = jnp.exp(-memory.leak_rate(p["leaky_key_beta"]))[None, :, None]
+        window = jnp.concatenate([c[hist][l], h_BC[:, None]], axis=1)          # (B, K, C): taps t−K+1 .. t
+        c[hist] = c[hist].at[l].set(window[:, 1:])
+        kt = jnp.einsum("bkc,kchd->bhd", window, p["k_features"]["wk"].astype(h_BC.dtype))
+        if "bk" in p["k_features"]:
+            kt = kt + p["k_features"]["bk"].astype(kt.dtype)
+        s = a * c[state][l] + (1.0 - a) * kt.astype(jnp.float32)         # k̄_t = a·k̄_{t−1} + (1−a)·k̃_t
+        c[state] = c[state].at[l].set(s)
+        return unit_keys(s, scale_H).astype(h_BC.dtype)
+
+    def contextual(self, p: Params, k_BHD: Array, vt_BHD: Array) -> Array:
+        c, l, pos, read_len = self.c, self.l, self.c["pos"], self.read_len
+        rows = jnp.arange(k_BHD.shape[0])
+        coef = p["v_coef"][None, :, None].astype(vt_BHD.dtype)
+        v_prev = unit_keys(coef * c["vt_prev"][l] + (1 - coef) * vt_BHD, memory.value_scale(p["value_beta"]))
+        # v_{t−1} is complete now that x_t is known; at t = 0 this writes a never-read slot that t = 1 overwrites.
+        c["values"] = c["values"].at[l, rows, jnp.maximum(pos - 1, 0)].set(v_prev)
+        c["keys"] = c["keys"].at[l, rows, pos].set(k_BHD)
+        c["vt_prev"] = c["vt_prev"].at[l].set(vt_BHD)
+        keys, values = c["keys"][l, :, :read_len], c["values"][l, :, :read_len]
+        scores = jnp.einsum("bhd,bshd->bhs", k_BHD, keys, preferred_element_type=jnp.float32)
+        allowed = (jnp.arange(read_len)[None, :] < pos[:, None])[:, None, :]    # strict: pairs j ≤ t−1
+        w = memory.masked_softmax(scores, allowed)
+        return jnp.einsum("bhs,bshd->bhd", w.astype(values.dtype), values)
+
+    def persistent(self, q_BHD: Array, p: Params) -> Array:
+        return persistent_read(self.cfg, DEFAULT_FNS, q_BHD[:, None], p, "dense")[:, 0]   # one query: dense
+
+
+def _block(cfg: ModelConfig, p: Params, x: Array, mode: Any) -> Array:
+    return mosaic_residual(cfg, p, x, lambda h: contextual_branch(cfg, p["cmem"], h, mode),
+                           lambda h: persistent_branch(cfg, p["pmem"], h, mode))
+
+
+def prefill_layer(cfg: ModelConfig, p: Params, x_BTC: Array, lengths_B: Array) -> tuple[Array, dict[str, Array]]:
+    mode = Prefill(cfg, lengths_B=lengths_B)
+    return _block(cfg, p, x_BTC, mode), mode.record
 
 
 def step_layer(cfg: ModelConfig, p: Params, x_BC: Array, c: Cache, l: int, read_len: int) -> Array:
-    pos = c["pos"]
-    rows = jnp.arange(x_BC.shape[0])
-
-    def key_state(pm: Params, h: Array, hist: str, state: str, scale: Array) -> Array:
-        a, _, _ = scalars(pm)
-        window = jnp.concatenate([c[hist][l], h[:, None]], axis=1)          # (B, K, C): taps t−K+1 .. t
-        c[hist] = c[hist].at[l].set(window[:, 1:])
-        kt = jnp.einsum("bkc,kchd->bhd", window, pm["k_features"]["wk"].astype(h.dtype))
-        if "bk" in pm["k_features"]:
-            kt = kt + pm["k_features"]["bk"].astype(kt.dtype)
-        s = a[None, :, None] * c[state][l] + (1.0 - a)[None, :, None] * kt.astype(jnp.float32)
-        c[state] = c[state].at[l].set(s)
-        return (memory.l2_normalize(s) * scale[None, :, None]).astype(h.dtype)
-
-    def cmem(h: Array) -> Array:
-        pm = p["cmem"]
-        _, ks, vs = scalars(pm)
-        k = key_state(pm, h, "c_hist", "ck_state", ks)
-        vt = jnp.einsum("bc,chd->bhd", h, pm["wv"].astype(h.dtype))
-        if "bv" in pm:
-            vt = vt + pm["bv"].astype(vt.dtype)
-        coef = pm["v_coef"][None, :, None].astype(vt.dtype)
-        v_prev = memory.l2_normalize(coef * c["vt_prev"][l] + (1 - coef) * vt) * vs[None, :, None].astype(vt.dtype)
-        # v_{t−1} is complete now that x_t is known; at t = 0 this writes a never-read slot that t = 1 overwrites.
-        c["values"] = c["values"].at[l, rows, jnp.maximum(pos - 1, 0)].set(v_prev)
-        c["keys"] = c["keys"].at[l, rows, pos].set(k)
-        c["vt_prev"] = c["vt_prev"].at[l].set(vt)
-        keys, values = c["keys"][l, :, :read_len], c["values"][l, :, :read_len]
-        scores = jnp.einsum("bhd,bshd->bhs", k, keys, preferred_element_type=jnp.float32)
-        allowed = (jnp.arange(read_len)[None, :] < pos[:, None])[:, None, :]    # strict: pairs j ≤ t−1
-        w = memory.masked_softmax(scores, allowed)
-        y = jnp.einsum("bhs,bshd->bhd", w.astype(values.dtype), values)
-        return out_proj(pm["out"], y)
-
-    def pmem(h: Array) -> Array:
-        pm = p["pmem"]
-        _, ks, vs = scalars(pm)
-        q = key_state(pm, h, "p_hist", "pk_state", jnp.square(ks))
-        y = memory.persistent_retrieval(q[:, None], pm["mk"], pm["mv"])[:, 0]
-        return out_proj(pm["out"], y * vs[None, :, None].astype(y.dtype))
-
-    return residual(cfg, p, x_BC, cmem, pmem)
+    return _block(cfg, p, x_BC, Step(cfg, c, l, read_len))

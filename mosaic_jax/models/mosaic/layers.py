@@ -1,4 +1,6 @@
-"""Flax (linen) modules that own the parameters of a memory mosaic and call the pure functions of `memory.py`.
+"""The memory mosaic's block, written once: pure functions over the parameter dict (training, prefill and the
+decoding step differ only in the `mode` passed in), and the Flax (linen) modules that declare the parameters and
+call them. The memory math itself is the pure functions of `ops/memory.py`.
 
 Every parameter carries a logical axis name per dimension (`embed`, `heads`, `head_dim`, `slots`, ...); the
 mapping of those names onto mesh axes lives in one table, `sharding.LOGICAL_RULES`.
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -21,6 +23,7 @@ from mosaic_jax.ops import memory
 from mosaic_jax.models.config import ModelConfig
 
 Array = jax.Array
+Params = Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,15 +57,24 @@ def param(module: nn.Module, name: str, init: Callable[..., Array], shape: tuple
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
 
 
+def ln(x: Array, p: Params) -> Array:
+    """LayerNorm over the last axis with the parameter dict {"weight", "bias"?} of `LayerNorm`."""
+    return memory.layer_norm(x, p["weight"], p.get("bias"))
+
+
 class LayerNorm(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
+    def params_of(self, C: int) -> Params:
+        """Declares (or fetches) the parameters: blocks written as pure functions take them as a dict."""
+        p = {"weight": param(self, "weight", nn.initializers.ones, (C,), ("norm",))}
+        if self.cfg.bias:
+            p["bias"] = param(self, "bias", nn.initializers.zeros, (C,), ("norm",))
+        return p
+
     def __call__(self, x: Array) -> Array:
-        C = x.shape[-1]
-        w = param(self, "weight", nn.initializers.ones, (C,), ("norm",))
-        b = param(self, "bias", nn.initializers.zeros, (C,), ("norm",)) if self.cfg.bias else None
-        return memory.layer_norm(x, w, b)
+        return ln(x, self.params_of(x.shape[-1]))
 
 
 def fused_projections(cfg: ModelConfig) -> bool:
@@ -77,20 +89,124 @@ def dropout(module: nn.Module, x: Array, rate: float, deterministic: bool) -> Ar
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The block's math, once, on parameter dicts. Training, prefill and the decoding step share the projections, the
+# persistent read and the residual wiring; what differs (the key states, the contextual read) is the `mode`:
+# `Parallel` here (training; decoding's prefill extends it to record the cache), `models/mosaic/decode.Step`.
+# ---------------------------------------------------------------------------------------------------------------
+def key_features(cfg: ModelConfig, p: Params, h_BTC: Array) -> Array:
+    """k̃ = causal conv (kernel K, left padded) of h (B,T,C), split into heads: W_k is (K, C, H, D)."""
+    if cfg.k_kernel_size == 1 and fused_projections(cfg):
+        k = dense_vjp.project(h_BTC, p["wk"][0], 1)
+        return k + p["bk"].astype(k.dtype) if "bk" in p else k
+    return memory.causal_conv_features(h_BTC, p["wk"], p.get("bk"))
+
+
+def value_features(cfg: ModelConfig, p: Params, h_XC: Array) -> Array:
+    """ṽ = h·W_v (+ b_v), h (..., C) -> (..., H, D)."""
+    if fused_projections(cfg):
+        vt = dense_vjp.project(h_XC, p["wv"], 1)
+    else:
+        vt = jnp.einsum("...c,chd->...hd", h_XC, p["wv"].astype(h_XC.dtype))
+    return vt + p["bv"].astype(vt.dtype) if "bv" in p else vt
+
+
+def out_proj(cfg: ModelConfig, p: Params, y_XHD: Array) -> Array:
+    """c_proj: (..., H, D) -> (..., C)."""
+    if fused_projections(cfg):
+        out = dense_vjp.project(y_XHD, p["wo"], 2)
+    else:
+        out = jnp.einsum("...hd,hdc->...c", y_XHD, p["wo"].astype(y_XHD.dtype))
+    return out + p["bo"].astype(out.dtype) if "bo" in p else out
+
+
+def unit_keys(kbar_XHD: Array, scale_H: Array) -> Array:
+    """scale·k̄/|k̄| per head (the default key extractor after its leaky average; decoding keeps k̄ as state)."""
+    return memory.l2_normalize(kbar_XHD) * scale_H[:, None].astype(kbar_XHD.dtype)
+
+
+def persistent_read(cfg: ModelConfig, fns: MemoryFns, q_BTHD: Array, p: Params, impl: str,
+                    dropout_rng: Optional[Array] = None) -> Array:
+    """The P-mem read of the slot tables, scaled per head."""
+    if fns.persistent is memory.persistent_retrieval:   # the default read has fast forms
+        y = memory.persistent_retrieval(q_BTHD, p["mk"], p["mv"], dropout_rate=cfg.ic_dropout, dropout_rng=dropout_rng,
+                                        impl=impl)
+    else:
+        y = fns.persistent(q_BTHD, p["mk"], p["mv"], dropout_rate=cfg.ic_dropout, dropout_rng=dropout_rng)
+    return y * memory.value_scale(p["value_beta"])[:, None].astype(y.dtype)
+
+
+@dataclasses.dataclass
+class Parallel:
+    """Training mode: the whole sequence at once (leaky averages by scan, the T×T contextual read)."""
+    cfg: ModelConfig
+    fns: MemoryFns = DEFAULT_FNS
+    dropout_rng: Optional[Array] = None
+    allowed_TT: Optional[Array] = None
+
+    def keys(self, unit: str, p: Params, h_BTC: Array, scale_H: Array) -> Array:
+        """Keys (C-mem, unit "c") or queries (P-mem, unit "p") of every position."""
+        kt = key_features(self.cfg, p["k_features"], h_BTC)
+        return self.fns.keys(kt, p["leaky_key_beta"], scale_H, self.cfg.leaky_impl)
+
+    def values(self, p: Params, vt_BTHD: Array) -> Array:
+        return self.fns.values(vt_BTHD, p["v_coef"], memory.value_scale(p["value_beta"]))
+
+    def read(self, k_BTHD: Array, v_BTHD: Array) -> Array:
+        return memory.contextual_retrieval(k_BTHD, v_BTHD, kernel=self.fns.kernel, allowed_TT=self.allowed_TT,
+                                           dropout_rate=self.cfg.ic_dropout, dropout_rng=self.dropout_rng,
+                                           impl=self.cfg.cmem_impl)
+
+    def contextual(self, p: Params, k_BTHD: Array, vt_BTHD: Array) -> Array:
+        """The C-mem read of every position from its keys and raw value features ṽ."""
+        return self.read(k_BTHD, self.values(p, vt_BTHD))
+
+    def persistent(self, q_BTHD: Array, p: Params) -> Array:
+        return persistent_read(self.cfg, self.fns, q_BTHD, p, self.cfg.pmem_impl, self.dropout_rng)
+
+
+def contextual_branch(cfg: ModelConfig, p: Params, h: Array, mode: Any) -> Array:
+    """C-mem: keys k (leaky averages), values from ṽ (one-token look-ahead), the read, then c_proj."""
+    k = mode.keys("c", p, h, memory.key_scale(p["kernel_beta"]))
+    return out_proj(cfg, p["out"], mode.contextual(p, k, value_features(cfg, p, h)))
+
+
+def persistent_branch(cfg: ModelConfig, p: Params, h: Array, mode: Any) -> Array:
+    """P-mem: leaky-average queries (squared key scale: the slots carry no scale) read the slots, then c_proj."""
+    q = mode.keys("p", p, h, jnp.square(memory.key_scale(p["kernel_beta"])))
+    return out_proj(cfg, p["out"], mode.persistent(q, p))
+
+
+def mosaic_residual(cfg: ModelConfig, p: Params, x: Array, cmem: Callable[[Array], Array],
+                    pmem: Callable[[Array], Array], branch: Callable[[Array], Array] = lambda y: y) -> Array:
+    """The block's two branches with pre-LN (reference) or post-LN ordering; `branch`: dropout p_hd in training."""
+    if cfg.pre_ln:
+        x = x + branch(cmem(ln(x, p["ln1"])))
+        return x + branch(pmem(ln(x, p["ln2"])))
+    x = ln(x, p["ln1"])
+    x = x + branch(cmem(x))
+    x = ln(x, p["ln2"])
+    return x + branch(pmem(x))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Flax modules: they declare the parameters (names, shapes, logical axes, init) and run the functions above
+# ---------------------------------------------------------------------------------------------------------------
 class KeyFeatures(nn.Module):
-    """k̃ = causal conv (kernel K, left padded) of h, split into heads: W_k is (K, C, H, D)."""
+    """W_k (K, C, H, D) and b_k of a key convolution."""
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, h_BTC: Array) -> Array:
+    def params_of(self) -> Params:
         c = self.cfg
         K, C, H, D = c.k_kernel_size, c.n_embd, c.n_head, c.head_dim
-        w = param(self, "wk", normal(1 / math.sqrt(C * K)), (K, C, H, D), ("conv", "embed", "heads", "head_dim"))
-        b = param(self, "bk", nn.initializers.zeros, (H, D), ("heads", "head_dim")) if c.bias else None
-        if K == 1 and fused_projections(c):
-            k = dense_vjp.project(h_BTC, w[0], 1)
-            return k if b is None else k + b.astype(k.dtype)
-        return memory.causal_conv_features(h_BTC, w, b)
+        p = {"wk": param(self, "wk", normal(1 / math.sqrt(C * K)), (K, C, H, D), ("conv", "embed", "heads", "head_dim"))}
+        if c.bias:
+            p["bk"] = param(self, "bk", nn.initializers.zeros, (H, D), ("heads", "head_dim"))
+        return p
+
+    def __call__(self, h_BTC: Array) -> Array:
+        return key_features(self.cfg, self.params_of(), h_BTC)
 
 
 class OutProjection(nn.Module):
@@ -98,25 +214,24 @@ class OutProjection(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, y_BTHD: Array) -> Array:
+    def params_of(self) -> Params:
         c = self.cfg
         std = 1 / math.sqrt(c.n_embd) / math.sqrt(c.n_layer)
-        w = param(self, "wo", normal(std), (c.n_head, c.head_dim, c.n_embd), ("heads", "head_dim", "embed"))
-        if fused_projections(c):
-            out = dense_vjp.project(y_BTHD, w, 2)
-        else:
-            out = jnp.einsum("bthd,hdc->btc", y_BTHD, w.astype(y_BTHD.dtype))
+        p = {"wo": param(self, "wo", normal(std), (c.n_head, c.head_dim, c.n_embd), ("heads", "head_dim", "embed"))}
         if c.bias:
-            out = out + param(self, "bo", nn.initializers.zeros, (c.n_embd,), ("embed",)).astype(out.dtype)
-        return out
+            p["bo"] = param(self, "bo", nn.initializers.zeros, (c.n_embd,), ("embed",))
+        return p
+
+    def __call__(self, y_BTHD: Array) -> Array:
+        return out_proj(self.cfg, self.params_of(), y_BTHD)
 
 
-def head_scalars(module: nn.Module, H: int) -> tuple[Array, Array, Array]:
-    """(leaky_key_beta, kernel_beta, value_beta) raw per-head parameters with the reference's initial values."""
-    leak = param(module, "leaky_key_beta", const_vector(lambda n: jnp.linspace(0.5, 5.0, n) / 10), (H,), ("heads",))
-    kb = param(module, "kernel_beta", const_vector(lambda n: jnp.full((n,), 0.1)), (H,), ("heads",))
-    vb = param(module, "value_beta", const_vector(lambda n: jnp.full((n,), -0.05)), (H,), ("heads",))
-    return leak, kb, vb
+def head_scalars(module: nn.Module, H: int) -> Params:
+    """{leaky_key_beta, kernel_beta, value_beta}: raw per-head parameters with the reference's initial values."""
+    return {"leaky_key_beta": param(module, "leaky_key_beta", const_vector(lambda n: jnp.linspace(0.5, 5.0, n) / 10),
+                                    (H,), ("heads",)),
+            "kernel_beta": param(module, "kernel_beta", const_vector(lambda n: jnp.full((n,), 0.1)), (H,), ("heads",)),
+            "value_beta": param(module, "value_beta", const_vector(lambda n: jnp.full((n,), -0.05)), (H,), ("heads",))}
 
 
 class ContextualMemory(nn.Module):
@@ -128,22 +243,15 @@ class ContextualMemory(nn.Module):
     def __call__(self, h_BTC: Array, deterministic: bool = True, allowed_TT: Optional[Array] = None) -> Array:
         c = self.cfg
         C, H, D = c.n_embd, c.n_head, c.head_dim
-        leak, kb, vb = head_scalars(self, H)
-        coef = param(self, "v_coef", nn.initializers.uniform(1.0), (H,), ("heads",))
-        wv = param(self, "wv", normal(1 / math.sqrt(C)), (C, H, D), ("embed", "heads", "head_dim"))
-        kt = KeyFeatures(c, name="k_features")(h_BTC)
-        if fused_projections(c):
-            vt = dense_vjp.project(h_BTC, wv, 1)
-        else:
-            vt = jnp.einsum("btc,chd->bthd", h_BTC, wv.astype(h_BTC.dtype))
+        p = head_scalars(self, H)    # declaration order kept: the init draws follow it
+        p["v_coef"] = param(self, "v_coef", nn.initializers.uniform(1.0), (H,), ("heads",))
+        p["wv"] = param(self, "wv", normal(1 / math.sqrt(C)), (C, H, D), ("embed", "heads", "head_dim"))
         if c.bias:
-            vt = vt + param(self, "bv", nn.initializers.zeros, (H, D), ("heads", "head_dim")).astype(vt.dtype)
-        k = self.fns.keys(kt, leak, memory.key_scale(kb), c.leaky_impl)
-        v = self.fns.values(vt, coef, memory.value_scale(vb))
+            p["bv"] = param(self, "bv", nn.initializers.zeros, (H, D), ("heads", "head_dim"))
+        p["k_features"] = KeyFeatures(c, name="k_features").params_of()
+        p["out"] = OutProjection(c, name="out").params_of()
         rng = None if deterministic or c.ic_dropout == 0.0 else self.make_rng("dropout")
-        y = memory.contextual_retrieval(k, v, kernel=self.fns.kernel, allowed_TT=allowed_TT,
-                                        dropout_rate=c.ic_dropout, dropout_rng=rng, impl=c.cmem_impl)
-        return OutProjection(c, name="out")(y)
+        return contextual_branch(c, p, h_BTC, Parallel(c, self.fns, rng, allowed_TT))
 
 
 class PersistentMemory(nn.Module):
@@ -155,19 +263,14 @@ class PersistentMemory(nn.Module):
     def __call__(self, h_BTC: Array, deterministic: bool = True) -> Array:
         c = self.cfg
         H, D, N, P = c.n_head, c.head_dim, c.pmem_count, c.pmem_size
-        leak, kb, vb = head_scalars(self, H)
         axes = ("pmem_tables", "heads", "slots", "head_dim")
-        mk = param(self, "mk", normal(1 / math.sqrt(D)), (N, H, P, D), axes)
-        mv = param(self, "mv", normal(1 / math.sqrt(D)), (N, H, P, D), axes)
-        kt = KeyFeatures(c, name="k_features")(h_BTC)
-        q = self.fns.keys(kt, leak, jnp.square(memory.key_scale(kb)), c.leaky_impl)  # squared: slots carry no scale
+        p = head_scalars(self, H)
+        p["mk"] = param(self, "mk", normal(1 / math.sqrt(D)), (N, H, P, D), axes)
+        p["mv"] = param(self, "mv", normal(1 / math.sqrt(D)), (N, H, P, D), axes)
+        p["k_features"] = KeyFeatures(c, name="k_features").params_of()
+        p["out"] = OutProjection(c, name="out").params_of()
         rng = None if deterministic or c.ic_dropout == 0.0 else self.make_rng("dropout")
-        if self.fns.persistent is memory.persistent_retrieval:   # the default read has fast forms
-            y = memory.persistent_retrieval(q, mk, mv, dropout_rate=c.ic_dropout, dropout_rng=rng, impl=c.pmem_impl)
-        else:
-            y = self.fns.persistent(q, mk, mv, dropout_rate=c.ic_dropout, dropout_rng=rng)
-        y = y * memory.value_scale(vb)[None, None, :, None].astype(y.dtype)
-        return OutProjection(c, name="out")(y)
+        return persistent_branch(c, p, h_BTC, Parallel(c, self.fns, rng))
 
 
 class MosaicBlock(nn.Module):
@@ -178,15 +281,8 @@ class MosaicBlock(nn.Module):
     @nn.compact
     def __call__(self, x_BTC: Array, deterministic: bool = True, allowed_TT: Optional[Array] = None) -> Array:
         c = self.cfg
-        ln1, ln2 = LayerNorm(c, name="ln1"), LayerNorm(c, name="ln2")
+        p = {"ln1": LayerNorm(c, name="ln1").params_of(c.n_embd), "ln2": LayerNorm(c, name="ln2").params_of(c.n_embd)}
         cmem = ContextualMemory(c, self.fns, name="cmem")
         pmem = PersistentMemory(c, self.fns, name="pmem")
-        if c.pre_ln:
-            x_BTC = x_BTC + dropout(self, cmem(ln1(x_BTC), deterministic, allowed_TT), c.hd_dropout, deterministic)
-            x_BTC = x_BTC + dropout(self, pmem(ln2(x_BTC), deterministic), c.hd_dropout, deterministic)
-        else:
-            x_BTC = ln1(x_BTC)
-            x_BTC = x_BTC + dropout(self, cmem(x_BTC, deterministic, allowed_TT), c.hd_dropout, deterministic)
-            x_BTC = ln2(x_BTC)
-            x_BTC = x_BTC + dropout(self, pmem(x_BTC, deterministic), c.hd_dropout, deterministic)
-        return x_BTC
+        return mosaic_residual(c, p, x_BTC, lambda h: cmem(h, deterministic, allowed_TT), lambda h: pmem(h, deterministic),
+                               lambda y: dropout(self, y, c.hd_dropout, deterministic))
