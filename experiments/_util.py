@@ -1,6 +1,7 @@
 """Small helpers shared by the experiment drivers: progress lines with rate/ETA, results folders, markdown."""
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import platform
@@ -64,3 +65,13 @@ def out_dir(path: str | os.PathLike) -> pathlib.Path:
 def savefig(fig: Any, path: pathlib.Path, dpi: int = 80) -> None:
     """Save a small PNG (the results folder keeps every PNG under ~300 KB)."""
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
+
+
+def write_protocol(out: pathlib.Path, protocol: dict) -> None:
+    """Register a study: write out/protocol.json once (never overwritten) and print it."""
+    f = out / "protocol.json"
+    if f.exists():
+        raise SystemExit(f"{f}: already registered (never overwritten)")
+    out.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps(protocol, indent=1, ensure_ascii=False) + "\n")
+    print(json.dumps(protocol, indent=1, ensure_ascii=False))

@@ -26,7 +26,7 @@ import sys
 import time
 
 import _util  # noqa: F401  (puts the repo root on sys.path)
-from _util import REPO, RESULTS, SHARED, command_line
+from _util import REPO, RESULTS, SHARED, command_line, write_protocol
 
 import jax
 import jax.numpy as jnp
@@ -62,9 +62,6 @@ def run_name(arch: str, seed: int) -> str:
 
 
 def register(a: argparse.Namespace) -> None:
-    f = a.out / "protocol.json"
-    if f.exists():
-        raise SystemExit(f"{f}: already registered (never overwritten)")
     p = {"registered_utc": now_utc(), "command": command_line(),
          "question": "At depth 1 and equal size, does the memory mosaic beat GPT-2 in distribution, and after "
                      "temperature calibration does its out-of-distribution loss fall faster with position past 50 "
@@ -86,9 +83,7 @@ def register(a: argparse.Namespace) -> None:
                                       "negative than GPT-2's in every seed pairing (mean and all 3 seeds)"},
          "stopping_rule": f"no training run starts after {a.deadline} UTC; a run not finished is reported as not run",
          "deadline_utc": a.deadline}
-    a.out.mkdir(parents=True, exist_ok=True)
-    f.write_text(json.dumps(p, indent=1, ensure_ascii=False) + "\n")
-    print(json.dumps(p, indent=1, ensure_ascii=False))
+    write_protocol(a.out, p)
 
 
 def child_env() -> dict:

@@ -24,7 +24,7 @@ import pathlib
 import time
 
 import _util  # noqa: F401  (puts the repo root on sys.path)
-from _util import Progress, RESULTS, command_line, md_table, out_dir, savefig
+from _util import Progress, RESULTS, command_line, md_table, out_dir, savefig, write_protocol
 
 import jax
 import jax.numpy as jnp
@@ -49,9 +49,6 @@ def now_utc() -> str:
 
 
 def register(a: argparse.Namespace) -> None:
-    f = a.out / "protocol.json"
-    if f.exists():
-        raise SystemExit(f"{f}: already registered (never overwritten)")
     p = {"registered_utc": now_utc(), "command": "python " + command_line(),
          "question": "Does the memory mosaic learn in-context languages from few automata better than a transformer "
                      "of the same size, and better than an untrained in-context 3-gram (Memory Mosaics v1 Fig. 9)?",
@@ -73,9 +70,7 @@ def register(a: argparse.Namespace) -> None:
                                                 "so is every seed's value"},
          "stopping_rule": f"no run starts after {a.deadline} UTC; runs not started are reported as not run",
          "deadline_utc": a.deadline}
-    a.out.mkdir(parents=True, exist_ok=True)
-    f.write_text(json.dumps(p, indent=1, ensure_ascii=False) + "\n")
-    print(json.dumps(p, indent=1, ensure_ascii=False))
+    write_protocol(a.out, p)
 
 
 def protocol(out: pathlib.Path) -> dict:

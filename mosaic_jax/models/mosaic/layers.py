@@ -102,22 +102,20 @@ def key_features(cfg: ModelConfig, p: Params, h_BTC: Array) -> Array:
     return memory.causal_conv_features(h_BTC, p["wk"], p.get("bk"))
 
 
+def _project(cfg: ModelConfig, x: Array, w: Array, b: Optional[Array], contract: int, spec: str) -> Array:
+    """x·W (+ b) over x's last `contract` axes: dense_vjp.project where the config asks, else the einsum `spec`."""
+    y = dense_vjp.project(x, w, contract) if fused_projections(cfg) else jnp.einsum(spec, x, w.astype(x.dtype))
+    return y if b is None else y + b.astype(y.dtype)
+
+
 def value_features(cfg: ModelConfig, p: Params, h_XC: Array) -> Array:
     """ṽ = h·W_v (+ b_v), h (..., C) -> (..., H, D)."""
-    if fused_projections(cfg):
-        vt = dense_vjp.project(h_XC, p["wv"], 1)
-    else:
-        vt = jnp.einsum("...c,chd->...hd", h_XC, p["wv"].astype(h_XC.dtype))
-    return vt + p["bv"].astype(vt.dtype) if "bv" in p else vt
+    return _project(cfg, h_XC, p["wv"], p.get("bv"), 1, "...c,chd->...hd")
 
 
 def out_proj(cfg: ModelConfig, p: Params, y_XHD: Array) -> Array:
     """c_proj: (..., H, D) -> (..., C)."""
-    if fused_projections(cfg):
-        out = dense_vjp.project(y_XHD, p["wo"], 2)
-    else:
-        out = jnp.einsum("...hd,hdc->...c", y_XHD, p["wo"].astype(y_XHD.dtype))
-    return out + p["bo"].astype(out.dtype) if "bo" in p else out
+    return _project(cfg, y_XHD, p["wo"], p.get("bo"), 2, "...hd,hdc->...c")
 
 
 def unit_keys(kbar_XHD: Array, scale_H: Array) -> Array:
