@@ -101,3 +101,17 @@ def test_preset_names_and_paths_are_the_same_config():
         new = importlib.import_module(f"mosaic_jax.presets.{name}")
         assert old.get_config().to_dict() == new.get_config().to_dict()
 
+
+
+def test_every_cli_imports_beside_every_other_in_one_process():
+    """Tests import CLIs in-process (`from mosaic_jax import train`), and pytest-xdist puts any two test files on one
+    worker: two modules defining the same flag on absl's global FLAGS break whichever comes second. The CI failure
+    this guards: mosaic_jax.hf.import_gpt2 and mosaic_jax.train both defining --workdir globally."""
+    mains = sorted("mosaic_jax." + ".".join(p.relative_to(REPO / "mosaic_jax").with_suffix("").parts)
+                   for p in (REPO / "mosaic_jax").rglob("*.py") if "__main__" in p.read_text())
+    assert "mosaic_jax.hf.import_gpt2" in mains and "mosaic_jax.train" in mains
+    code = "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)\n"
+    for order in (mains, mains[::-1]):   # each module both before and after the others
+        res = subprocess.run([sys.executable, "-c", code, *order], cwd=REPO, capture_output=True, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu"), timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]

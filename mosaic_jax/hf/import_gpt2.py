@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
+from mosaic_jax import cli_util
 from mosaic_jax.models.config import ModelConfig
 from mosaic_jax.hf.weights import HFImportError, gpt2_from_hf
 
@@ -71,37 +71,23 @@ def import_to_workdir(hf_dir: str, workdir: str) -> pathlib.Path:
     return wd
 
 
-_HF = flags.DEFINE_string("hf", None, "A transformers GPT-2 folder (config.json + model.safetensors).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder to create (export/ and tokenizer/).")
+FLAGS = flags.FlagValues()   # its own, so importing this module beside mosaic_jax.train defines nothing twice
+flags.DEFINE_string("hf", None, "A transformers GPT-2 folder (config.json + model.safetensors).", flag_values=FLAGS)
+flags.DEFINE_string("workdir", None, "Run folder to create (export/ and tokenizer/).", flag_values=FLAGS)
 
 
-def _fail(message: str, code: int) -> None:
-    print(f"import_gpt2: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
-    sys.exit(code)
+def _body(_: list[str]) -> int:
+    if not FLAGS.hf or not FLAGS.workdir:
+        raise cli_util.UsageError("--hf and --workdir are required")
+    wd = import_to_workdir(FLAGS.hf, FLAGS.workdir)
+    print(f"imported {FLAGS.hf} into {wd}")
+    return 0
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
-        print(__doc__.strip() + "\n\nflags:\n" + flags.FLAGS.module_help(sys.modules[__name__]))
-        sys.exit(0)
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        _fail(str(e), 2)
-    return []
-
-
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        _fail(f"unexpected arguments: {' '.join(argv[1:])}", 2)
-    if not _HF.value or not _WORKDIR.value:
-        _fail("--hf and --workdir are required", 2)
-    try:
-        wd = import_to_workdir(_HF.value, _WORKDIR.value)
-    except (HFImportError, ValueError, OSError) as e:
-        _fail(str(e), 1)
-    print(f"imported {_HF.value} into {wd}")
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The CLI; returns the exit status."""
+    return cli_util.run("import_gpt2", FLAGS, _body, argv, doc=__doc__, errors=(HFImportError, ValueError))
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    cli_util.exit_with(main)()
