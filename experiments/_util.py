@@ -75,3 +75,33 @@ def write_protocol(out: pathlib.Path, protocol: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     f.write_text(json.dumps(protocol, indent=1, ensure_ascii=False) + "\n")
     print(json.dumps(protocol, indent=1, ensure_ascii=False))
+
+
+def amend_protocol(out: pathlib.Path, changes: dict, why: str, after_runs: int) -> dict:
+    """Amend a registered protocol in place: apply `changes` and append a dated record (what changed from what,
+    why, and after how many finished runs) so every report can say whether the change came before any result."""
+    import datetime
+
+    f = out / "protocol.json"
+    if not f.exists():
+        raise SystemExit(f"{f}: no protocol to amend; run `register` first")
+    p = json.loads(f.read_text())
+    change = "; ".join(f"{k} {p.get(k)} → {v}" for k, v in changes.items())
+    p.update(changes)
+    p.setdefault("amendments", []).append({
+        "utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "change": change,
+        "why": why, "after_runs": after_runs})
+    f.write_text(json.dumps(p, indent=1, ensure_ascii=False) + "\n")
+    print(f"{f}: amended ({change})")
+    return p
+
+
+def amendment_when(amendment: dict) -> str:
+    n = amendment.get("after_runs", 0)
+    return f"after {n} runs" if n else "before any run"
+
+
+def amendments_line(p: dict) -> str:
+    return "; ".join(f"{x['utc']}, {amendment_when(x)}: {x['change']} ({x['why']})"
+                     for x in p.get("amendments", [])) or "none"
+

@@ -325,11 +325,13 @@ def main_seeds(a: argparse.Namespace, argv: list[str]) -> dict:
     wall = time.time() - t0
     cmd = command_line(['python', 'experiments/attention_consistency.py'] + argv)
     kind = per_seed[seeds[0]]["score_kind"]
-    md = f"""# Attention consistency on the calibrated depth-1 runs, {len(seeds)} seeds
+    depths = ", ".join(map(str, a.depths))
+    md = f"""# Attention consistency at depth {depths}, {len(seeds)} seeds
 
 Command: `{cmd}`
-Wall time: {wall:.0f} s on {machine()}. Models: the runs of `experiments/lm_calibrated.py`
-(`<arch>_L1_s<seed>`, 614,400 tokens each). Scores {kind}; the metric is described in each `seed*/results.md`
+Wall time: {wall:.0f} s on {machine()}. Models: runs of the recipe of `experiments/lm_calibrated.py`
+(`<arch>_L<depth>_s<seed>`, 614,400 tokens each; the runs at depths other than the registered study's are made
+by `python experiments/lm_calibrated.py train_unregistered --depths=... --seeds=...`). Scores {kind}; the metric is described in each `seed*/results.md`
 (inconsistency = std over query positions of the window-mean score to the token d back, over the std of the
 head's scores; sampling noise subtracted; lower = more position-invariant). Mean ± std over seeds (sample std):
 
@@ -338,8 +340,6 @@ head's scores; sampling noise subtracted; lower = more position-invariant). Mean
 Every seed:
 
 {md_table(h[:2] + ["seed"] + h[2:], seed_rows)}
-
-Depth 4 was not re-measured (its runs were not kept and did not fit the CPU this round).
 """
     (out / "results.md").write_text(md)
     write_json(out, {"experiment": "attention_consistency", "command": cmd, "wall_s": wall, "metric": kind,

@@ -1,9 +1,13 @@
 """LM by depth, calibrated (issue 18 item 3): 3 seeds per model at depth 1, temperature-calibrated OOD loss by position.
 
     python experiments/lm_calibrated.py register     # writes experiments/results/lm_calibrated/protocol.json
+    python experiments/lm_calibrated.py amend --deadline=HH:MM --why=...   # move the stopping time, on record
     python experiments/lm_calibrated.py train        # the 6 training runs (python -m mosaic_jax.train), in order
+    python experiments/lm_calibrated.py train_unregistered --depths=1,4 --seeds=0,1   # same recipe, outside the
+                                                     # study: inputs of experiments/attention_consistency.py
     python experiments/lm_calibrated.py score        # per-token losses on a temperature grid → scores_<run>.npz
-    python experiments/lm_calibrated.py report       # results.json, results.md, PNG (reads protocol + scores only)
+    python experiments/lm_calibrated.py report       # results.json, results.md, PNG (protocol + scores; runs
+                                                     # whose scores were not kept: the last results.json)
     python experiments/lm_calibrated.py smoke --out DIR   # seconds-long end-to-end version (CI)
 
 `register` fixes the protocol (seeds, token budget, calibration rule, metrics, stopping rule) with a UTC timestamp
@@ -26,7 +30,7 @@ import sys
 import time
 
 import _util  # noqa: F401  (puts the repo root on sys.path)
-from _util import REPO, RESULTS, SHARED, command_line, write_protocol
+from _util import REPO, RESULTS, SHARED, amend_protocol, amendments_line, command_line, write_protocol
 
 import jax
 import jax.numpy as jnp
@@ -86,6 +90,14 @@ def register(a: argparse.Namespace) -> None:
     write_protocol(a.out, p)
 
 
+def amend(a: argparse.Namespace) -> None:
+    """Move the stopping time (the only registered field an amendment may change here), recorded with its reason."""
+    if not a.why:
+        raise SystemExit("amend: --why is required (it is printed in every report)")
+    done = sum((a.out / f"train_{n}.json").exists() for n in protocol(a.out)["run_order"])
+    amend_protocol(a.out, {"deadline_utc": a.deadline}, a.why, after_runs=done)
+
+
 def child_env() -> dict:
     env = dict(os.environ)
     env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if "force_host_platform" not in f)
@@ -97,26 +109,43 @@ def past_deadline(deadline: str) -> bool:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M") >= deadline
 
 
+def train_one(a: argparse.Namespace, arch: str, seed: int, depth: int, steps: int, record: pathlib.Path,
+              overrides: tuple[str, ...] = ()) -> None:
+    """One run of the registered recipe (python -m mosaic_jax.train), with its command, wall time and load."""
+    name = record.stem.removeprefix("train_")
+    cmd = [sys.executable, "-m", "mosaic_jax.train", "--config=lm_by_depth", f"--workdir={a.runs / name}",
+           f"--config.data.path={a.data}", f"--config.model.arch={arch}", f"--config.model.n_layer={depth}",
+           f"--config.train.steps={steps}", f"--config.train.seed={seed}",
+           f"--config.train.checkpoint_every={steps}", *overrides]
+    print("$ " + " ".join(cmd), flush=True)
+    t0, load0 = time.time(), os.getloadavg()
+    subprocess.run(cmd, check=True, cwd=REPO, env=child_env())
+    rec = {"run": name, "command": " ".join(cmd), "wall_s": time.time() - t0,
+           "loadavg_start": load0, "loadavg_end": os.getloadavg(), "finished_utc": now_utc()}
+    record.write_text(json.dumps(rec, indent=1) + "\n")
+    print(f"{name}: {rec['wall_s']:.0f} s", flush=True)
+
+
 def train(a: argparse.Namespace, overrides: tuple[str, ...] = ()) -> None:
     p = protocol(a.out)
     for arch, seed in [(n.split("_")[0], int(n.split("_s")[1])) for n in p["run_order"]]:
-        wd = a.runs / run_name(arch, seed)
         if (a.out / f"train_{run_name(arch, seed)}.json").exists():
             continue
         if past_deadline(p["deadline_utc"]):
             print(f"{run_name(arch, seed)}: not started (past the registered deadline {p['deadline_utc']} UTC)")
             continue
-        cmd = [sys.executable, "-m", "mosaic_jax.train", "--config=lm_by_depth", f"--workdir={wd}",
-               f"--config.data.path={a.data}", f"--config.model.arch={arch}", "--config.model.n_layer=1",
-               f"--config.train.steps={p['steps']}", f"--config.train.seed={seed}",
-               f"--config.train.checkpoint_every={p['steps']}", *overrides]
-        print("$ " + " ".join(cmd), flush=True)
-        t0, load0 = time.time(), os.getloadavg()
-        subprocess.run(cmd, check=True, cwd=REPO, env=child_env())
-        rec = {"run": run_name(arch, seed), "command": " ".join(cmd), "wall_s": time.time() - t0,
-               "loadavg_start": load0, "loadavg_end": os.getloadavg(), "finished_utc": now_utc()}
-        (a.out / f"train_{run_name(arch, seed)}.json").write_text(json.dumps(rec, indent=1) + "\n")
-        print(f"{run_name(arch, seed)}: {rec['wall_s']:.0f} s", flush=True)
+        train_one(a, arch, seed, 1, p["steps"], a.out / f"train_{run_name(arch, seed)}.json", overrides)
+
+
+def train_unregistered(a: argparse.Namespace) -> None:
+    """The same recipe at other depths/seeds, outside the registered study (attention_consistency.py's inputs):
+    runs <arch>_L<depth>_s<seed> under --runs, each with its train_*.json beside the run folder."""
+    for depth in a.depths:
+        for seed in a.seeds:
+            for arch in ("mosaic", "gpt2"):
+                record = a.runs / f"train_{arch}_L{depth}_s{seed}.json"
+                if not record.exists():
+                    train_one(a, arch, seed, depth, a.steps, record)
 
 
 def windows_for(ids: list[int], block: int, n: int) -> np.ndarray:
@@ -153,6 +182,9 @@ def score(a: argparse.Namespace) -> None:
     ids_cache: dict = {}
     for name in p["run_order"]:
         if not (a.out / f"train_{name}.json").exists() or (a.out / f"scores_{name}.npz").exists():
+            continue
+        if not (a.runs / name).exists():
+            print(f"{name}: its run folder {a.runs / name} is gone; `report` keeps its earlier analysis", flush=True)
             continue
         t0 = time.time()
         cfg, params, tok = load_for_inference(str(a.runs / name))
@@ -202,11 +234,16 @@ def report(a: argparse.Namespace) -> dict:
     from mosaic_jax.tools.hostinfo import cpu_info
 
     p = protocol(a.out)
+    earlier = json.loads((a.out / "results.json").read_text())["runs"] if (a.out / "results.json").exists() else {}
     runs, missing = {}, []
     for name in p["run_order"]:
         f = a.out / f"scores_{name}.npz"
         if not f.exists():
-            missing.append(name)
+            if name in earlier:   # analysed by an earlier report; its per-token scores were not kept (10 MB)
+                runs[name] = dict(earlier[name], analysed_from=earlier[name].get("analysed_from", "scores (this run)")
+                                  .replace("scores (this run)", "an earlier report's results.json"))
+            else:
+                missing.append(name)
             continue
         npz = np.load(f)
         z = {c: npz[c.replace(" ", "_")] for c in CORPORA}
@@ -215,6 +252,7 @@ def report(a: argparse.Namespace) -> dict:
         ev = sorted(lm_by_depth.read_metrics(a.runs / name).get("eval", {}).items()) if (a.runs / name).exists() \
             else []
         r["train"]["val_loss_cli"] = ev[-1][1]["loss"] if ev else None
+        r["analysed_from"] = "scores (this run)"
         runs[name] = r
     info = cpu_info()
     res = {"experiment": "lm_calibrated", "protocol": p, "runs": runs, "not_run": missing,
@@ -310,6 +348,7 @@ pass because 6 runs of 2 passes did not fit the CPU time left (one core shared w
 
 Commands: `python experiments/lm_calibrated.py train`, `score`, `report` (one core: `nice -n 10 taskset -c 1 ...`).
 Not run: {', '.join(res['not_run']) or 'none'}.
+Amendments to the protocol: {amendments_line(p)}.
 
 Calibration: {p['calibration']}; grid {p['temperature_grid'][0]}–{p['temperature_grid'][-1]}. Windows: {p['eval_windows']}
 of 256 tokens per corpus (TinyStories: {p['eval_windows']} scored + {p['eval_windows']} for calibration). Slope: least
@@ -384,14 +423,17 @@ def smoke(a: argparse.Namespace) -> None:
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("cmd", choices=("register", "train", "score", "report", "smoke"))
+    p.add_argument("cmd", choices=("register", "amend", "train", "train_unregistered", "score", "report", "smoke"))
     p.add_argument("--out", type=pathlib.Path, default=OUT)
     p.add_argument("--runs", type=pathlib.Path, default=REPO / "runs" / "lm_calibrated")
     p.add_argument("--data", default=str(REPO / "runs" / "data" / "tinystories_sp4k"))
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--depths", type=lambda s: [int(x) for x in s.split(",")], default=[1],
+                   help="train_unregistered: depths to train")
     p.add_argument("--windows", type=int, default=64, help="scored windows per corpus (TinyStories: 2× this)")
     p.add_argument("--deadline", default="02:50", help="HH:MM UTC after which no training run starts")
+    p.add_argument("--why", default="", help="amend: the reason, recorded in the protocol and every report")
     return p.parse_args(argv)
 
 
@@ -399,8 +441,12 @@ def main(argv=None) -> None:
     a = parse(argv)
     if a.cmd == "register":
         register(a)
+    elif a.cmd == "amend":
+        amend(a)
     elif a.cmd == "train":
         train(a)
+    elif a.cmd == "train_unregistered":
+        train_unregistered(a)
     elif a.cmd == "score":
         score(a)
     elif a.cmd == "report":

@@ -24,7 +24,7 @@ import pathlib
 import time
 
 import _util  # noqa: F401  (puts the repo root on sys.path)
-from _util import Progress, RESULTS, command_line, md_table, out_dir, savefig, write_protocol
+from _util import Progress, RESULTS, amendments_line, command_line, md_table, out_dir, savefig, write_protocol
 
 import jax
 import jax.numpy as jnp
@@ -202,11 +202,6 @@ def run(a: argparse.Namespace) -> None:
               f"load {r['loadavg_start'][0]:.1f})", flush=True)
 
 
-def _when(amendment: dict) -> str:
-    n = amendment.get("after_runs", 0)
-    return f"after {n} runs" if n else "before any run"
-
-
 def mean_std(xs: list[float]) -> tuple[float, float]:
     return float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else float("nan")
 
@@ -295,7 +290,7 @@ Run: `python experiments/regbench_prereg.py run` (then `report`), one core: `nic
 {res['cpu_model']}; training + evaluation {res['wall_s_total']:.0f} s in all. Load averages at each run's start
 are in the per-seed table (2 cores shared with other engineers: rates vary).
 Not run (stopping rule: {p['stopping_rule']}): {', '.join(res['not_run']) or 'none'}.
-Amendments to the protocol: {'; '.join(f"{x['utc']}, {_when(x)}: {x['change']} ({x['why']})" for x in p.get('amendments', [])) or 'none'}.
+Amendments to the protocol: {amendments_line(p)}.
 The first run of each architecture's "train s" includes its compilation.
 
 In-context 3-gram (no training, the same {ngram['positions']:,} test positions): accuracy {ngram['accuracy']:.3f},
