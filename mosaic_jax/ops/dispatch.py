@@ -94,4 +94,10 @@ def resolve_impl(cfg: Any, backend: str, seq_len: int, *, dropout: bool, documen
         "v2_impl": lambda: v2_retrieval(cfg.v2_impl, backend, seq_len, documents, dropout),
         "v2_key_impl": lambda: v2_keys(cfg.v2_key_impl, seq_len),
     }
-    return {name: rules[name]() for name in (SWITCHES if switches is None else switches)}
+    out = {}
+    for name in SWITCHES if switches is None else switches:
+        try:
+            out[name] = rules[name]()
+        except ValueError as e:
+            raise ValueError(f"model.{name}={getattr(cfg, name)!r}: {e}") from None
+    return out
