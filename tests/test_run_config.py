@@ -134,7 +134,8 @@ def test_resolved_impl_is_what_the_ops_choose(backend):
     with platform.target(backend):
         docs = jnp.zeros((1, 1024), jnp.int32)
         assert v2.impl["train"]["v2_impl"] == memory_v2.choose_impl("auto", 1024, docs, False)
-    assert set(v2.impl["train"]) == {"v2_impl", "v2_key_impl", "loss_impl"} and v2.impl["train"]["v2_key_impl"] == "scan"
+    assert set(v2.impl["train"]) == {"v2_impl", "v2_key_impl", "loss_impl"}
+    assert v2.impl["train"]["v2_key_impl"] == "scan"   # 1024 > dispatch.V2_KEY_MATRIX_MAX_T, on every backend
     gpt2 = run_config.resolve(_config(**{"model.arch": "gpt2"}), 260, backend=backend)
     assert set(gpt2.impl["train"]) == {"loss_impl"}
 

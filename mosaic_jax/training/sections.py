@@ -51,7 +51,7 @@ class TrainConfig:
     sample_tokens: int = field(64, "tokens sampled at each evaluation (0: no sample)")
     sample_temperature: float = field(0.8, "sampling temperature of that text")
     peak_flops: float = field(0.0, "per-device peak FLOP/s for MFU (0: table on accelerators, measured on CPU)")
-    compilation_cache_dir: str = field("", "persistent XLA cache folder (\"\": off; JAX_COMPILATION_CACHE_DIR also works)")
+    compilation_cache_dir: str = field("", "persistent XLA cache dir (\"\": off; JAX_COMPILATION_CACHE_DIR works too)")
     trackers: str = field(trackers.DEFAULT, "comma-separated metric sinks: jsonl, tensorboard, wandb (extra [wandb])")
     wandb_project: str = field("mosaic_jax", "W&B project (when trackers contains wandb)")
     profile_steps: str = field("", "\"START:END\": a jax.profiler trace of steps START..END-1 (\"\": off)")
