@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 from absl import flags
 
 from mosaic_jax import presets
+from mosaic_jax.training import sections
 
 USAGE_EXIT, FAILURE_EXIT = 2, 1
 _HELP_ARGS = ("-h", "-help", "--help", "--helpshort", "--helpfull", "-?")
@@ -73,6 +74,9 @@ def help_text(prog: str, fv: flags.FlagValues, doc: str = "") -> str:
         if f.name == "config":
             lines.append("      Override any field with --config.<section>.<field>=VALUE (e.g. "
                          f"--config.train.steps=100); presets: {', '.join(presets.names())}.")
+    if "config" in fv:   # every field of the typed sections (training/sections.py), with its type and default
+        lines += ["", "config fields (--config.<section>.<field>=VALUE; type, default: help):",
+                  *sections.help_lines()]
     return "\n".join(lines).lstrip("\n") + "\n"
 
 

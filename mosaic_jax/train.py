@@ -7,10 +7,13 @@ Re-running the same command resumes from the newest complete checkpoint in the w
 saves a checkpoint and exits 0; SIGINT (Ctrl-C) saves and exits 130. A bad flag exits 2; bad input, a workdir held
 by another run (`workdir/lock.json`) and I/O failures (disk full, read-only) exit 1, each with a one-line error
 naming the field or file; bad input before anything is written. See docs/training.md.
+
+    python -m mosaic_jax.train --config=tiny_cpu --print_config    # the resolved config as JSON; writes nothing
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 from typing import Any, Optional, Sequence
@@ -26,6 +29,8 @@ from mosaic_jax.training import run_guard     # defines --break_lock
 config_flags.DEFINE_config_file("config", None, "A preset name (tiny_cpu, babistories_mm, ...: mosaic_jax/presets/) "
                                 "or an ml_collections config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics, TensorBoard, config.json.")
+_PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print the resolved config (what config.json would hold: "
+                                  "the typed sections and `resolved_impl`) as JSON and exit; writes nothing.")
 
 
 def _say(message: str) -> None:
@@ -68,7 +73,7 @@ def _validate(config: Any, workdir: str) -> _Run:
     except ValueError as e:
         raise run_config.ConfigError(str(e)) from None
     rc = run_config.resolve(config, ds.vocab_size, sharding.data_parallel_size(mesh), jax.process_count())
-    t, d = rc.cfg.train, rc.cfg.data
+    t, d = rc.train, rc.data
     try:   # every process must feed its devices from its own rows (loader.process_batch_at)
         layouts = {distributed.check_batch_layout(mesh, rows) for rows in (t.global_batch, t.eval_batch_size)}
     except distributed.DistributedError as e:
@@ -95,7 +100,7 @@ def _restore_or_init(r: _Run, su: Any, ckpt: Any) -> Any:
 
     restored = ckpt.restore(su.abstract_state, say=_say) if ckpt.latest_step() is not None else None
     if restored is None:
-        return train_state.create_sharded_state(r.rc.model, su.tx, r.rc.cfg.train.seed, su.shardings)
+        return train_state.create_sharded_state(r.rc.model, su.tx, r.rc.train.seed, su.shardings)
     step0, state, _ = restored
     _say(f"resumed from {r.ckpt_dir / str(step0)} (step {step0})")
     return state
@@ -108,7 +113,7 @@ def _default_loop(r: _Run, su: Any, ckpt: Any, writer: Any, preempt: run_guard.S
     from mosaic_jax.models import flops
     from mosaic_jax.training import hooks, loop, run_config
 
-    cfg, t, d = r.rc.model, r.rc.cfg.train, r.rc.cfg.data
+    cfg, t, d = r.rc.model, r.rc.train, r.rc.data
     flops_per_token = flops.train_flops_per_token(cfg, d.seq_len)
     peak, peak_src = flops.total_peak_flops(r.workdir, cfg.dtype, t.peak_flops)
     _say(f"MFU: {flops_per_token / 1e6:.2f} MFLOP/token ({flops.FORMULA_VERSION}); peak "
@@ -140,7 +145,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     preempt.install()   # first thing: a SIGTERM/SIGINT during set-up or compilation must not kill the run uncleanly
     r = _validate(config, workdir)
     rc, mesh, wd = r.rc, r.mesh, r.workdir
-    cfg, t, d = rc.model, rc.cfg.train, rc.cfg.data
+    cfg, t, d = rc.model, rc.train, rc.data
     su = setup.build(cfg, rc.optim, mesh, microbatches=t.microbatches, dropout=t.dropout)
     # refuse a resume on another architecture, shape or tokenizer before creating or changing anything
     checkpoint.check_resume(r.ckpt_dir, rc.to_dict(), r.data_meta, su.abstract_state)
@@ -148,7 +153,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     # ---- set up: workdir, state (restored or fresh), loop and hooks --------------------------------------------
     wd.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
-        storage.write_text(wd / "config.json", rc.cfg.to_json_best_effort(indent=1) + "\n")
+        storage.write_text(wd / "config.json", json.dumps(rc.to_dict(), indent=1) + "\n")   # with resolved_impl
         checkpoint.save_tokenizer(r.data_local, wd)   # workdir/tokenizer/: inference works if the data moves
     ckpt = checkpoint.Checkpointer(r.ckpt_dir, every=t.checkpoint_every, keep=t.keep_checkpoints,
                                    async_save=t.async_checkpoint)
@@ -186,6 +191,39 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     return {"step": final, "train": res.metrics, "eval": evaluation.last, "preempted": False}
 
 
+def print_config(config: Any) -> int:
+    """`--print_config`: the resolved config as JSON on stdout, exactly what a run would record in config.json.
+    Nothing is written. The vocabulary comes from a local data.path's manifest; with data.path unset, missing or
+    remote (not downloaded here) model.vocab_size stays unresolved (0) and a note on stderr says why."""
+    import jax
+
+    from mosaic_jax.data import store
+    from mosaic_jax.data.errors import DataError
+    from mosaic_jax.parallel import sharding
+    from mosaic_jax.training import run_config
+
+    if config is None:
+        raise run_config.ConfigError("--config is required (e.g. --config=tiny_cpu)")
+    vocab, why = None, "data.path is unset"
+    if config.data.path and storage.is_remote(config.data.path):
+        why = f"data.path={config.data.path} is remote (not downloaded by --print_config)"
+    elif config.data.path:
+        try:
+            vocab = int(store.read_manifest(config.data.path)["tokenizer"]["vocab_size"])
+        except (DataError, KeyError, TypeError) as e:
+            why = f"cannot read data.path: {e}"
+    try:
+        mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    except ValueError as e:
+        raise run_config.ConfigError(str(e)) from None
+    rc = run_config.resolve(config, vocab, sharding.data_parallel_size(mesh), jax.process_count(),
+                            require_data=False)
+    print(json.dumps(rc.to_dict(), indent=1), flush=True)
+    if vocab is None and rc.model.vocab_size == 0:
+        print(f"note: model.vocab_size is unresolved (0): {why}", file=sys.stderr, flush=True)
+    return 0
+
+
 def _body(rest: list[str]) -> int:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO; --verbosity=0 shows them
@@ -194,6 +232,11 @@ def _body(rest: list[str]) -> int:
     from mosaic_jax.training.run_config import ConfigError
     from mosaic_jax.data.errors import DataError
     config = cli_util.load_config(flags.FLAGS)
+    if _PRINT_CONFIG.value:
+        try:
+            return print_config(config)
+        except (ConfigError, DataError) as e:
+            raise cli_util.CommandError(str(e)) from None
     try:
         distributed.maybe_initialize()   # before any device is touched; no-op for a single process
         with run_guard.workdir_guard(_WORKDIR.value):   # one run per workdir, released on any exit

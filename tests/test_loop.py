@@ -46,7 +46,7 @@ def _research_setup(cfg):
     ds = store.open_prepared(cfg.data.path, "train")
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     rc = run_config.resolve(cfg, ds.vocab_size, sharding.data_parallel_size(mesh))
-    t, d = rc.cfg.train, rc.cfg.data
+    t, d = rc.train, rc.data
     su = setup.build(rc.model, rc.optim, mesh, dropout=t.dropout)
     src = loader.BatchSource(ds, d.seq_len, t.global_batch, t.seed, packing=d.packing)
 

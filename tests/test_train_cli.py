@@ -199,6 +199,8 @@ def test_uninterrupted_run(full_run, tiny_data):
     cfg = json.loads((workdir / "config.json").read_text())
     assert cfg["model"]["vocab_size"] == 320 and cfg["train"]["decay_steps"] == STEPS   # resolved fields
     assert cfg["data"]["path"] == str(tiny_data)
+    cpu = {"leaky_impl": "scan", "cmem_impl": "fused", "pmem_impl": "fused", "proj_impl": "fused", "loss_impl": "fused"}
+    assert cfg["resolved_impl"] == {"backend": "cpu", "seq_len": 32, "train": cpu, "eval": cpu}   # what ran
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [4, 8, 12, 16]
     assert (workdir / "export" / "model_config.json").exists()

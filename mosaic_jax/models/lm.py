@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from mosaic_jax.kernels import dense_vjp, platform
 from mosaic_jax.models.config import ModelConfig
+from mosaic_jax.ops import dispatch
 from mosaic_jax.data.batch import IGNORE
 from mosaic_jax.models import registry
 from mosaic_jax.models.mosaic.layers import DEFAULT_FNS, LayerNorm, MemoryFns, param
@@ -127,9 +128,7 @@ def loss_sum(cfg: ModelConfig, params: Params, tokens_BT: Array, targets_BT: Arr
     cfg.loss_impl "fused" (or "auto" on CPU) computes the tied head and the cross-entropy in chunks of tokens
     with a hand-written VJP (dense_vjp.head_cross_entropy): the (B, T, V) logits are never stored.
     """
-    impl = cfg.loss_impl
-    if impl == "auto":
-        impl = "fused" if platform.backend() == "cpu" else "dense"
+    impl = dispatch.loss(cfg.loss_impl, platform.backend())
     if impl == "dense":
         return cross_entropy(apply(cfg, params, tokens_BT, rng=rng, fns=fns, segment_ids_BT=segment_ids_BT),
                              targets_BT)

@@ -71,6 +71,8 @@ class Family:
     hf_export: how `export --format=hf` writes the model: "gpt2" (transformers' own GPT-2 classes), "remote"
         (hf/modeling_mosaic.py shipped as remote code), "" (not exportable).
     baseline: the family `bench` sets this one against at equal FLOPs (its `vs_<baseline>` ratio), "" for none.
+    impl_switches: the ModelConfig implementation switches the family reads (ops/dispatch.SWITCHES); a run's
+        config.json records what each resolved to (`resolved_impl`). Every family reads `loss_impl` (models/lm.py).
     """
     name: str
     run_block: Callable[[Any, Any, Array, BlockInputs], Array]
@@ -89,6 +91,7 @@ class Family:
     describe: Callable[[Any], dict[str, Any]] = lambda cfg: {}
     hf_export: str = ""
     baseline: str = ""
+    impl_switches: tuple[str, ...] = ("loss_impl",)
 
 
 _FAMILIES: dict[str, Family] = {}

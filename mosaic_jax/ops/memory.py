@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from mosaic_jax.kernels import dense_vjp, memory_vjp, pallas, platform
+from mosaic_jax.ops import dispatch
 
 Array = jax.Array
 EXP_PARAM_SCALE = 10.0   # the reference's `exp_param_scale`: a learning-rate multiplier in disguise
@@ -109,18 +110,13 @@ LEAKY_IMPLS: dict[str, Callable[[Array, Array], Array]] = {
     "scan": leaky_average_scan,
     "chunked": leaky_average_chunked,
 }
-MATRIX_MAX_T = 256  # measured: the T×T form is as fast as the others up to 256 (shared/spec/performance_notes.md)
+MATRIX_MAX_T = dispatch.MATRIX_MAX_T   # the T×T form up to this length (the rule: ops/dispatch.leaky)
 
 
 def leaky_average(x_BTHD: Array, lam_H: Array, impl: str = "auto") -> Array:
     """Leaky average with decay e^{−λ_h} per head; `auto`: the scan on CPU (measured fastest there, see
     docs/performance.md), elsewhere the T×T form for short sequences and the chunked form for long ones."""
-    if impl == "auto":
-        if platform.backend() == "cpu":
-            impl = "scan"
-        else:
-            impl = "matrix" if x_BTHD.shape[1] <= MATRIX_MAX_T else "chunked"
-    return LEAKY_IMPLS[impl](x_BTHD, lam_H)
+    return LEAKY_IMPLS[dispatch.leaky(impl, platform.backend(), x_BTHD.shape[1])](x_BTHD, lam_H)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -198,21 +194,10 @@ def attention_backend(dtype: jnp.dtype, head_dim: int) -> Optional[str]:
 def resolve_impl(impl: str, fusable: bool, dropout: bool = False) -> str:
     """The read to run. "auto": "pallas" (mosaic_jax.kernels.pallas: flash kernels, dropout supported) on TPU, "flash"
     on GPU (without dropout), "fused" (memory_vjp.py: chunked, hand-written VJP, dropout supported) on CPU, "dense"
-    where none applies. `fusable`: the default kernel and mask. "pallas" elsewhere than on a TPU runs in Pallas
-    interpret mode (for tests). Explicit choices that cannot compute the asked function raise."""
-    backend = platform.backend()
-    if impl == "auto":
-        if not fusable:
-            return "dense"
-        if backend == "tpu":
-            return "pallas"
-        if backend == "gpu":
-            return "dense" if dropout else "flash"
-        return "fused"
-    if impl != "dense" and (not fusable or (impl == "flash" and dropout)):
-        raise ValueError(f"impl={impl!r} needs the default kernel and mask" + (" and no dropout" if impl == "flash"
-                         else "") + "; use 'dense' or 'auto'")
-    return impl
+    where none applies (the rule: ops/dispatch.retrieval). `fusable`: the default kernel and mask. "pallas"
+    elsewhere than on a TPU runs in Pallas interpret mode (for tests). Explicit choices that cannot compute the
+    asked function raise."""
+    return dispatch.retrieval(impl, platform.backend(), fusable, dropout)
 
 
 def dropout_seed(rng: Optional[Array], rate: float) -> tuple[Optional[Array], float]:

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from mosaic_jax.kernels import pallas, platform
-from mosaic_jax.ops import memory
+from mosaic_jax.ops import dispatch, memory
 
 Array = jax.Array
 
@@ -216,9 +216,7 @@ def gated_state_step(s_BHD: Array, m_BH: Array, kt_BHD: Array, log_gate_BH: Arra
 def gated_keys(kt_BTHD: Array, log_gate_BTH: Array, log_decay_BTH: Array, reset_BT: Optional[Array] = None,
                impl: str = "auto") -> tuple[Array, Array, Array]:
     """(k = Norm(k̄) in kt's dtype, s, m): the normalised keys and the stabilised state for the decoder."""
-    if impl == "auto":
-        impl = "matrix" if kt_BTHD.shape[1] <= 64 else "scan"
-    fn = {"scan": gated_state_scan, "matrix": gated_state_matrix}[impl]
+    fn = {"scan": gated_state_scan, "matrix": gated_state_matrix}[dispatch.v2_keys(impl, kt_BTHD.shape[1])]
     s, m = fn(kt_BTHD, log_gate_BTH, log_decay_BTH, reset_BT)
     return memory.l2_normalize(s).astype(kt_BTHD.dtype), s, m
 
@@ -331,15 +329,9 @@ def flash_implementation(dtype: jnp.dtype) -> Optional[str]:
 
 def choose_impl(impl: str, T: int, segment_ids_BT: Optional[Array], dropout: bool) -> str:
     """`auto`: dense on CPU up to T = 512, blockwise beyond; on TPU the Pallas kernels (document masks
-    included); on GPU flash, or blockwise where flash cannot express the mask (documents) or the dropout."""
-    if impl != "auto":
-        return impl
-    backend = platform.backend()
-    if backend == "cpu":
-        return "dense" if T <= 512 else "blockwise"
-    if backend == "tpu":
-        return "pallas"
-    return "blockwise" if (segment_ids_BT is not None or dropout) else "flash"
+    included); on GPU flash, or blockwise where flash cannot express the mask (documents) or the dropout
+    (the rule: ops/dispatch.v2_retrieval)."""
+    return dispatch.v2_retrieval(impl, platform.backend(), T, segment_ids_BT is not None, dropout)
 
 
 def retrieve(q_BTHD: Array, k_BTHD: Array, v_BTHD: Array, kind: str, *, look: int = 0,

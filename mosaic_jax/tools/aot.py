@@ -162,7 +162,7 @@ def analyze(config: Any, mesh_shape: tuple[int, int, int], devices: Sequence[Any
     except ValueError as e:
         raise AotError(str(e)) from None
     rc = run_config.resolve(config, vocab_size, sharding.data_parallel_size(mesh), 1)
-    cfg, t, d = rc.model, rc.cfg.train, rc.cfg.data
+    cfg, t, d = rc.model, rc.train, rc.data
     su = setup.build(cfg, rc.optim, mesh, microbatches=t.microbatches, dropout=t.dropout)
     state = su.abstract_state
     rows_sh = sharding.batch_sharding(mesh)

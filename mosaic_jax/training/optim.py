@@ -6,34 +6,13 @@ Embedding, projections and P-mem slot tables (≥2-D) are decayed; LayerNorm wei
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    lr: float = 5e-3            # peak learning rate
-    min_lr: float = 1e-4        # end of the cosine
-    warmup_steps: int = 2000
-    decay_steps: int = 80000    # step at which the cosine reaches min_lr (the reference's lr_decay_iters)
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0      # global-norm clipping; 0 disables
-
-    def __post_init__(self) -> None:
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ValueError(f"train.lr={self.lr}, train.min_lr={self.min_lr}: need 0 <= min_lr <= lr, lr > 0")
-        if self.warmup_steps < 0 or self.decay_steps < 1:
-            raise ValueError(f"train.warmup_steps={self.warmup_steps}, train.decay_steps={self.decay_steps}: "
-                             "need warmup_steps >= 0 and decay_steps >= 1")
-        if self.grad_clip < 0 or self.weight_decay < 0:
-            raise ValueError(f"train.grad_clip={self.grad_clip}, train.weight_decay={self.weight_decay} must be >= 0")
+from mosaic_jax.training.sections import OptimConfig   # typed with the other config sections
 
 
 def lr_schedule(c: OptimConfig) -> optax.Schedule:

@@ -1,9 +1,15 @@
 """Training configuration: an ml_collections ConfigDict with sections `model`, `data`, `train`, `mesh`.
 
 Experiment presets (`mosaic_jax/presets/*.py`, `--config=NAME`) start from `base_config()` and change a few
-fields; the command line overrides any field (`--config.train.steps=100`). The dict is locked, so a misspelt field is an error.
-`resolve()` validates everything up front and fills the derived fields (vocab size from the data, decay
-steps = steps, ...) so that bad input fails before anything is written.
+fields; the command line overrides any field (`--config.train.steps=100`). The dict is locked, so a misspelt field
+is an error. Every field's type, default and help are declared once, in the typed sections (training/sections.py,
+models/config.py); `base_config()` is made from them.
+
+`resolve()` validates everything up front (types included) and fills the derived fields (vocab size from the data,
+decay steps = steps, ...) so that bad input fails before anything is written. It returns the typed sections
+(`Resolved.model/optim/data/train/mesh`) and `Resolved.impl`: what each "auto" implementation switch the family
+reads resolves to on this backend for the training step (ops/dispatch.py), recorded in config.json as
+`resolved_impl`.
 """
 from __future__ import annotations
 
@@ -14,10 +20,13 @@ from typing import Any, Optional
 
 import ml_collections
 
+from mosaic_jax.config_fields import build, check_type
+from mosaic_jax.kernels import platform
 from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
-from mosaic_jax.training import trackers
-from mosaic_jax.training.optim import OptimConfig
+from mosaic_jax.ops import dispatch
+from mosaic_jax.training import sections, trackers
+from mosaic_jax.training.sections import DataConfig, MeshConfig, OptimConfig, TrainConfig
 
 
 class ConfigError(ValueError):
@@ -25,49 +34,28 @@ class ConfigError(ValueError):
 
 
 def base_config() -> ml_collections.ConfigDict:
+    """The locked ConfigDict of every section's command-line defaults (training/sections.SECTIONS)."""
     c = ml_collections.ConfigDict()
-    model = ModelConfig().to_dict()
-    model["vocab_size"] = 0              # 0: the tokenizer's vocabulary, rounded up to vocab_multiple
-    model["vocab_multiple"] = 64         # the reference pads GPT-2's 50257 to 50304 (a multiple of 64)
-    c.model = ml_collections.ConfigDict(model)
-
-    c.data = ml_collections.ConfigDict(dict(
-        path="",                         # a prepared-data folder (python -m mosaic_jax.prepare_data)
-        seq_len=0,                       # 0: model.block_size
-        packing=False,                   # document-wise rows with segment ids (GPT-2 only)
-        num_workers=0,                   # grain worker processes computing batches (0: in the main process)
-        eval_seed=0,                     # fixed evaluation batches, the same at every evaluation
-    ))
-
-    o = OptimConfig()
-    c.train = ml_collections.ConfigDict(dict(
-        steps=1000, global_batch=8, microbatches=1, seed=0,
-        lr=o.lr, min_lr=o.min_lr, warmup_steps=o.warmup_steps, decay_steps=0,   # 0: = steps
-        b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, grad_clip=o.grad_clip,
-        dropout=True,                    # False: train with dropout off whatever the model's rates
-        log_every=10, eval_every=500, eval_batches=10, eval_batch_size=0,       # 0: = global_batch
-        checkpoint_every=500, keep_checkpoints=3, async_checkpoint=True, export_params=True,
-        sample_prompt="Once upon a time", sample_tokens=64, sample_temperature=0.8,
-        peak_flops=0.0,                  # per-device peak FLOP/s for MFU; 0: table (accelerators) / measured (CPU)
-        compilation_cache_dir="",        # persistent XLA cache ("" = off; JAX_COMPILATION_CACHE_DIR also works)
-        trackers=trackers.DEFAULT,       # comma-separated: jsonl, tensorboard, wandb (extra [wandb])
-        wandb_project="mosaic_jax",      # W&B project (trackers containing wandb)
-        profile_steps="",                # "START:END": jax.profiler trace of steps START..END-1 ("" = off)
-    ))
-    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))   # -1: the remaining devices
+    for section in sections.SECTIONS:
+        c[section.name] = ml_collections.ConfigDict(section.defaults())
     c.lock()
     return c
 
 
 @dataclasses.dataclass(frozen=True)
 class Resolved:
-    """The validated config: typed model/optimizer configs plus the (resolved) ConfigDict."""
+    """The validated config: the typed sections, the resolved implementation switches and the ConfigDict."""
     model: ModelConfig
     optim: OptimConfig
     cfg: ml_collections.ConfigDict
+    data: DataConfig
+    train: TrainConfig
+    mesh: MeshConfig
+    impl: dict[str, Any]   # {"backend", "seq_len", "train": {switch: impl}, "eval": {...}} (resolve_impl)
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(self.cfg.to_json_best_effort())
+        """The run's config.json: the resolved ConfigDict plus `resolved_impl`."""
+        return {**json.loads(self.cfg.to_json_best_effort()), "resolved_impl": self.impl}
 
 
 def _require(ok: bool, field: str, value: Any, why: str) -> None:
@@ -94,24 +82,62 @@ def parse_profile_steps(spec: str, steps: int) -> Optional[tuple[int, int]]:
     return start, end
 
 
+def _checked(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` (a config as plain dicts) with every section present, no unknown field and each value of its field's
+    type (an int given for a float becomes a float). Raises ConfigError naming the field."""
+    for section in sections.SECTIONS:
+        _require(section.name in raw, section.name, None, "missing config section")
+        known = {f.name: f for f in section.fields()}
+        for name in raw[section.name]:
+            _require(name in known, f"{section.name}.{name}", raw[section.name][name], "no such config field")
+        for name, f in known.items():
+            if name in raw[section.name]:
+                try:
+                    raw[section.name][name] = check_type(raw[section.name][name], f.type, f"{section.name}.{name}")
+                except TypeError as e:
+                    raise ConfigError(str(e)) from None
+    return raw
+
+
+def resolve_impl(model_cfg: ModelConfig, backend: str, seq_len: int, *, dropout: bool, documents: bool
+                 ) -> dict[str, Any]:
+    """What each implementation switch the family reads runs as on `backend` (ops/dispatch.py): for the training
+    step (`dropout`: read dropout on) and for evaluation (no dropout). Decoding and sampling call the same rules at
+    their own lengths. Raises ConfigError for a choice that cannot run (e.g. "flash" with read dropout)."""
+    switches = registry.of(model_cfg).impl_switches
+    try:
+        train = dispatch.resolve_impl(model_cfg, backend, seq_len, dropout=dropout, documents=documents,
+                                      switches=switches)
+        evaluation = dispatch.resolve_impl(model_cfg, backend, seq_len, dropout=False, documents=documents,
+                                           switches=switches)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return {"backend": backend, "seq_len": seq_len, "train": train, "eval": evaluation}
+
+
 def resolve(cfg: ml_collections.ConfigDict, data_vocab_size: Optional[int] = None,
-            data_parallel: int = 1, process_count: int = 1) -> Resolved:
-    """Validate `cfg` and fill derived fields (on a copy). Raises ConfigError naming the field."""
-    cfg = ml_collections.ConfigDict(cfg.to_dict())  # unlocked deep copy: the caller's config is untouched
-    for section in ("model", "data", "train", "mesh"):
-        _require(section in cfg, section, None, "missing config section")
+            data_parallel: int = 1, process_count: int = 1, *, backend: Optional[str] = None,
+            require_data: bool = True) -> Resolved:
+    """Validate `cfg` and fill derived fields (on a copy). Raises ConfigError naming the field.
+
+    `backend`: what the "auto" switches are resolved for (default: platform.backend(), the compile target inside
+    `platform.target`). `require_data=False` (`train --print_config`): data.path may be unset and
+    model.vocab_size stays 0 when the data's vocabulary is not known."""
+    cfg = ml_collections.ConfigDict(_checked(cfg.to_dict()))  # unlocked deep copy: the caller's config is untouched
     m, d, t = cfg.model, cfg.data, cfg.train
 
-    _require(bool(d.path), "data.path", d.path, "set it to a prepared-data folder (python -m mosaic_jax.prepare_data)")
+    if require_data:
+        _require(bool(d.path), "data.path", d.path,
+                 "set it to a prepared-data folder (python -m mosaic_jax.prepare_data)")
     if data_vocab_size is not None:
         if m.vocab_size == 0:
             m.vocab_size = padded_vocab(data_vocab_size, m.vocab_multiple)
         _require(m.vocab_size >= data_vocab_size, "model.vocab_size", m.vocab_size,
                  f"smaller than the tokenizer's vocabulary ({data_vocab_size})")
-    _require(m.vocab_size > 0, "model.vocab_size", m.vocab_size, "must be positive (or 0 with data.path set)")
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    _require(m.vocab_size > 0 or not require_data, "model.vocab_size", m.vocab_size,
+             "must be positive (or 0 with data.path set)")
     try:
-        model_cfg = ModelConfig(**{k: v for k, v in m.items() if k in fields})
+        model_cfg = build(ModelConfig, m, "model")
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e).replace("ModelConfig.", "model.")) from None
 
@@ -150,9 +176,12 @@ def resolve(cfg: ml_collections.ConfigDict, data_vocab_size: Optional[int] = Non
         raise ConfigError(f"train.trackers: {e}") from None
     parse_profile_steps(t.profile_steps, t.steps)
     try:
-        optim_cfg = OptimConfig(lr=t.lr, min_lr=t.min_lr, warmup_steps=t.warmup_steps, decay_steps=t.decay_steps,
-                                b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay, grad_clip=t.grad_clip)
+        optim_cfg = build(OptimConfig, t, "train")
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    impl = resolve_impl(model_cfg, backend or platform.backend(), int(d.seq_len),
+                        dropout=bool(t.dropout) and model_cfg.ic_dropout > 0,
+                        documents=bool(d.packing) and model_cfg.doc_masking)
     cfg.lock()
-    return Resolved(model=model_cfg, optim=optim_cfg, cfg=cfg)
+    return Resolved(model=model_cfg, optim=optim_cfg, cfg=cfg, data=build(DataConfig, d, "data"),
+                    train=build(TrainConfig, t, "train"), mesh=build(MeshConfig, cfg.mesh, "mesh"), impl=impl)

@@ -61,4 +61,5 @@ FAMILY = registry.register(registry.Family(
     describe=lambda cfg: {"P": cfg.pmem_size},
     hf_export="remote",
     baseline="gpt2",
+    impl_switches=("leaky_impl", "cmem_impl", "pmem_impl", "proj_impl", "loss_impl"),
 ))

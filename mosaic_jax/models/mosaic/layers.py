@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from mosaic_jax.kernels import dense_vjp, platform
-from mosaic_jax.ops import memory
+from mosaic_jax.ops import dispatch, memory
 from mosaic_jax.models.config import ModelConfig
 
 Array = jax.Array
@@ -79,7 +79,7 @@ class LayerNorm(nn.Module):
 
 def fused_projections(cfg: ModelConfig) -> bool:
     """cfg.proj_impl: project with dense_vjp.matmul (float32 accumulation, hand-written VJP); auto: on CPU."""
-    return cfg.proj_impl == "fused" or (cfg.proj_impl == "auto" and platform.backend() == "cpu")
+    return dispatch.proj(cfg.proj_impl, platform.backend()) == "fused"
 
 
 def dropout(module: nn.Module, x: Array, rate: float, deterministic: bool) -> Array:

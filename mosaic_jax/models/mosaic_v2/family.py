@@ -79,4 +79,5 @@ FAMILY = registry.register(registry.Family(
     title="Memory Mosaic v2",
     describe=lambda cfg: {"ffn": cfg.ffn_dim},
     hf_export="remote",
+    impl_switches=("v2_impl", "v2_key_impl", "loss_impl"),
 ))
