@@ -62,6 +62,7 @@ FAMILY = registry.register(registry.Family(
     validate=_validate,
     logit_divisor=V1.logit_divisor,
     document_masking=False,
+    impl_switches=("leaky_impl", "cmem_impl", "proj_impl", "loss_impl"),   # v1's contextual memory, no pmem
     title="Memory Mosaic with a SwiGLU persistent memory (example family)",
     describe=lambda cfg: {"ffn": cfg.ffn_dim},
 ))
