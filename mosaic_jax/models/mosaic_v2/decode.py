@@ -139,9 +139,11 @@ class Step:
         rows = jnp.arange(q_BHD.shape[0])
         slots = c[f"{kind}_slot"]
         R = slots.shape[1]
-        # v_{t−1} = the full forward's look-ahead value of the pair of positions (t−1, t)
-        v_prev = memory.lookahead_values(jnp.stack([c[f"{kind}_vt"][l], vt_BHD], axis=1), p["v_coef"],
-                                         memory_v2.value_scale(p["value_scale"]))[:, 0]
+        # v_{t−1} = α_ψ·Norm(γ ṽ_{t−1} + (1−γ) ṽ_t), memory.lookahead_values at one position (written out: the
+        # call on the pair (t−1, t) would compile a pad and a second normalisation into every step)
+        coef = p["v_coef"][None, :, None].astype(vt_BHD.dtype)
+        vs = memory_v2.value_scale(p["value_scale"])[None, :, None].astype(vt_BHD.dtype)
+        v_prev = memory.l2_normalize(coef * c[f"{kind}_vt"][l] + (1 - coef) * vt_BHD) * vs
         c[f"{kind}_vt"] = c[f"{kind}_vt"].at[l].set(vt_BHD)
         if kind == "short":
             slot_t, slot_prev = jnp.mod(t, R), jnp.mod(t - 1, R)

@@ -60,8 +60,8 @@ def full_sequence(cfg: ModelConfig, skip_B: Array, segment_ids_BT: Optional[Arra
 
 def v2_block(cfg: ModelConfig, p: Params, x: Array, mode: memory_v2.UnitMode,
              branch: Callable[[Array], Array] = lambda y: y) -> Array:
-    """x + W_o[short ‖ long](LN1 x), then + SwiGLU(LN2 x); x (B,T,C) or one position (B,C). `branch`: dropout p_hd
-    in training."""
+    """x + W_o·(short ‖ long)(LN1(x)), then + SwiGLU(LN2(x)); x (B,T,C) or one position (B,C). `branch`: dropout
+    p_hd in training."""
     h = ln(x, p["ln1"])
     ys = [memory_v2.unit_read(p[kind], h, kind, mode) for kind, _ in kinds(cfg)]
     y = jnp.concatenate(ys, axis=-2) if len(ys) > 1 else ys[0]
