@@ -1,6 +1,7 @@
 """Decoding speed: the incremental decoder versus full recompute, per-token latency by position.
 
-    python -m mosaic_jax.tools.bench_decode [--arch=mosaic|gpt2|mosaic_v2] [--positions=64,128,256,512,1024,2048,4096] [--batch=1]
+    python -m mosaic_jax.tools.bench_decode [--arch=mosaic|gpt2|mosaic_v2] [--positions=64,128,256,512,1024,2048,4096]
+        [--batch=1]
         [--n_layer=4 --n_embd=128 --n_head=4 --pmem_size=448 --vocab_size=4096] [--rounds=5 --steps=8]
         [--out=FILE]
 
