@@ -1,15 +1,17 @@
 """Decoding speed: the incremental decoder versus full recompute, per-token latency by position.
 
-    python -m mosaic_jax.tools.bench_decode [--arch=mosaic] [--positions=64,128,256,512,1024,2048,4096] [--batch=1]
+    python -m mosaic_jax.tools.bench_decode [--arch=mosaic|gpt2|mosaic_v2] [--positions=64,128,256,512,1024,2048,4096]
+        [--batch=1]
         [--n_layer=4 --n_embd=128 --n_head=4 --pmem_size=448 --vocab_size=4096] [--rounds=5 --steps=8]
         [--out=FILE]
 
 At each position P (random tokens, random weights: speed does not depend on them), after a prefill of P tokens,
 `rounds` rounds each time `steps` single decoder steps and one full-recompute forward, interleaved so both see
 the same machine load:
-* decoder: one `step_jit` call at positions P, P+1, ..., each one waited for, as a streaming generator must (the
-  next input is the sampled token). The read is bucketed to the next power of two above the position
-  (`decode.read_len_for`), as `sampling.generate_stream` does.
+* decoder: one `step_jit` call of the family's decoder (`registry.decoder`) at positions P, P+1, ..., each one
+  waited for, as a streaming generator must (the next input is the sampled token). Where the decoder bounds its
+  read (`read_len_for`), the read is bucketed to the next power of two above the position, as
+  `sampling.generate_stream` does.
 * full recompute: one jitted forward over the P+1 tokens (what a cache-less generator that keeps the whole
   context pays per token; the reference crops to block_size instead, see the "window" line).
 Compilation is excluded. The table gives the minimum per call (robust to other processes on a shared machine)
@@ -39,8 +41,9 @@ def bench_position(cfg: ModelConfig, params: Any, tokens_BT: np.ndarray, P: int,
     import jax
     import jax.numpy as jnp
 
-    from mosaic_jax.inference import decode
     from mosaic_jax.models.lm import apply
+    decode = registry.decoder(cfg)
+    read_len_for = getattr(decode, "read_len_for", None)
     B = tokens_BT.shape[0]
     cache = decode.init_cache(cfg, B, cache_size)
     _, cache = decode.prefill_jit(cfg, params, jnp.asarray(tokens_BT[:, :P]), jnp.full((B,), P, jnp.int32),
@@ -53,7 +56,8 @@ def bench_position(cfg: ModelConfig, params: Any, tokens_BT: np.ndarray, P: int,
         for _ in range(steps if r else 1):
             tok = jnp.asarray(tokens_BT[:, pos])
             t0 = time.perf_counter()
-            logits, cache = decode.step_jit(cfg, params, cache, tok, read_len=decode.read_len_for(cfg, pos, cache_size))
+            kw = {} if read_len_for is None else {"read_len": read_len_for(cfg, pos, cache_size)}
+            logits, cache = decode.step_jit(cfg, params, cache, tok, **kw)
             logits.block_until_ready()                            # a streaming generator waits for each token
             if r:
                 dec_t.append(time.perf_counter() - t0)
@@ -115,7 +119,8 @@ def table(rows: Sequence[dict[str, float]], batch: int, window_s: Optional[float
 
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_enum("arch", "mosaic", ["mosaic", "gpt2"], "Architecture.", flag_values=FLAGS)
+flags.DEFINE_enum("arch", "mosaic", ["mosaic", "gpt2", "mosaic_v2"], "Architecture (mosaic_v2: the v2 defaults "
+                  "for the short window and the long skip).", flag_values=FLAGS)
 flags.DEFINE_list("positions", ["64", "128", "256", "512", "1024", "2048", "4096"], "Positions to time.",
                   flag_values=FLAGS)
 flags.DEFINE_integer("batch", 1, "Sequences decoded together.", lower_bound=1, flag_values=FLAGS)
@@ -158,7 +163,8 @@ def _bench(rest: list[str]) -> int:
     if not unbounded:   # learned positions: the table must hold every decoded position
         cfg = cfg.replace(block_size=max(max(positions) + args.rounds * args.steps + 2, args.block_size))
     dev = jax.devices()[0]
-    header = (f"{args.arch} L={cfg.n_layer} C={cfg.n_embd} H={cfg.n_head} P={cfg.pmem_size} V={cfg.vocab_size} "
+    sizes = "".join(f" {k}={v}" for k, v in registry.of(cfg).describe(cfg).items())   # v1: P slots; v2: ffn d′
+    header = (f"{args.arch} L={cfg.n_layer} C={cfg.n_embd} H={cfg.n_head}{sizes} V={cfg.vocab_size} "
               f"{args.dtype}, batch {args.batch}; {dev.platform} ({getattr(dev, 'device_kind', '')}, "
               f"{jax.device_count()} device(s), host {platform.node()}); jax {jax.__version__}")
     print(header, flush=True)

@@ -1,4 +1,6 @@
-"""Flax (linen) modules of Memory Mosaics v2 (spec §5): they own parameters and call `memory_v2`.
+"""Memory Mosaics v2 (spec §5): the block, written once on parameter dicts (`v2_block`: training, prefill and the
+decoding step differ only in the `mode` passed in), and the Flax (linen) modules that declare the parameters and
+call it. The unit's math is `memory_v2.unit_read`.
 
 Block l (pre-LN, LayerNorm weight-only as in v1):
     h = LN1(x);  x = x + W_o [ short-term memory(h) ‖ long-term memory(h) ]      (heads concatenated)
@@ -11,7 +13,7 @@ distribution. Per-head scalars: β₀, β₁ raw 1.5, α raw 1/3, α_ψ raw 0, v
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -19,9 +21,10 @@ import jax.numpy as jnp
 
 from mosaic_jax.ops import memory_v2
 from mosaic_jax.models.config import ModelConfig
-from mosaic_jax.models.mosaic.layers import LayerNorm, const_vector, dropout, param
+from mosaic_jax.models.mosaic.layers import LayerNorm, const_vector, dropout, ln, param
 
 Array = jax.Array
+Params = Any
 MEMORY_PARAMS = ("wk", "wg", "wl", "wv", "v_coef", "value_scale", "bw_b0", "bw_b1", "bw_alpha")
 
 
@@ -37,6 +40,38 @@ def layer_std(fan: int, layer_idx: Array | int) -> Array:
     return jax.lax.rsqrt(2.0 * fan * (jnp.asarray(layer_idx, jnp.float32) + 1.0))
 
 
+def kinds(cfg: ModelConfig) -> list[tuple[str, int]]:
+    """The contextual memories a config enables, in the order their heads are concatenated: (kind, heads)."""
+    return [(k, n) for k, n in (("short", cfg.short_heads), ("long", cfg.long_heads)) if n]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The block's math, once, on parameter dicts (one layer of `params["blocks"]["mosaic_v2"]`). Training and prefill
+# run it with `full_sequence(...)`; the decoding step with `models/mosaic_v2/decode.Step` (one position per row).
+# ---------------------------------------------------------------------------------------------------------------
+def full_sequence(cfg: ModelConfig, skip_B: Array, segment_ids_BT: Optional[Array] = None,
+                  dropout_rngs: Optional[dict[str, Array]] = None) -> memory_v2.FullSequence:
+    """The whole-sequence mode of the config's units (segment ids honoured only with cfg.doc_masking)."""
+    return memory_v2.FullSequence(look=cfg.short_lookback, skip_B=skip_B,
+                                  segment_ids_BT=segment_ids_BT if cfg.doc_masking else None, impl=cfg.v2_impl,
+                                  key_impl=cfg.v2_key_impl, dropout_rate=cfg.ic_dropout,
+                                  dropout_rngs=dropout_rngs or {})
+
+
+def v2_block(cfg: ModelConfig, p: Params, x: Array, mode: memory_v2.UnitMode,
+             branch: Callable[[Array], Array] = lambda y: y) -> Array:
+    """x + W_o·(short ‖ long)(LN1(x)), then + SwiGLU(LN2(x)); x (B,T,C) or one position (B,C). `branch`: dropout
+    p_hd in training."""
+    h = ln(x, p["ln1"])
+    ys = [memory_v2.unit_read(p[kind], h, kind, mode) for kind, _ in kinds(cfg)]
+    y = jnp.concatenate(ys, axis=-2) if len(ys) > 1 else ys[0]
+    x = x + branch(jnp.einsum("...hd,hdc->...c", y, p["wo"].astype(y.dtype)))
+    return x + branch(memory_v2.swiglu(p["ffn"], ln(x, p["ln2"])))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Flax modules: they declare the parameters (names, shapes, logical axes, init) and run the functions above
+# ---------------------------------------------------------------------------------------------------------------
 class V2Memory(nn.Module):
     """One contextual memory of v2 (kind "short" or "long"): gated keys, look-ahead values, adaptive β."""
     cfg: ModelConfig
@@ -44,8 +79,8 @@ class V2Memory(nn.Module):
     n_heads: int
 
     @nn.compact
-    def __call__(self, h_BTC: Array, layer_idx: Array, segment_ids_BT: Optional[Array], skip_B: Optional[Array],
-                 deterministic: bool = True) -> Array:
+    def params_of(self, layer_idx: Array, deterministic: bool = True) -> tuple[Params, Optional[Array]]:
+        """Declares (or fetches) the parameters; also the read-dropout key (None in eval or without dropout)."""
         c = self.cfg
         C, H, D = c.n_embd, self.n_heads, c.head_dim
         std = layer_std(C, layer_idx)
@@ -64,10 +99,13 @@ class V2Memory(nn.Module):
                               (H,), ("heads",)),
         }
         rng = None if deterministic or c.ic_dropout == 0.0 else self.make_rng("dropout")
-        y, _ = memory_v2.unit_forward(p, h_BTC, self.kind, look=c.short_lookback, skip_B=skip_B,
-                                      segment_ids_BT=segment_ids_BT, impl=c.v2_impl, key_impl=c.v2_key_impl,
-                                      dropout_rate=c.ic_dropout, dropout_rng=rng)
-        return y
+        return p, rng
+
+    def __call__(self, h_BTC: Array, layer_idx: Array, segment_ids_BT: Optional[Array], skip_B: Optional[Array],
+                 deterministic: bool = True) -> Array:
+        p, rng = self.params_of(layer_idx, deterministic)
+        mode = full_sequence(self.cfg, skip_B, segment_ids_BT, {} if rng is None else {self.kind: rng})
+        return memory_v2.unit_read(p, h_BTC, self.kind, mode)
 
 
 class SwiGLU(nn.Module):
@@ -75,55 +113,36 @@ class SwiGLU(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, h_BTC: Array, layer_idx: Array) -> Array:
+    def params_of(self, layer_idx: Array) -> Params:
         C, F = self.cfg.n_embd, self.cfg.ffn_dim
-        p = {"w1": param(self, "w1", trunc_normal(layer_std(C, layer_idx)), (C, F), ("embed", "mlp")),
-             "w3": param(self, "w3", trunc_normal(layer_std(C, layer_idx)), (C, F), ("embed", "mlp")),
-             "w2": param(self, "w2", trunc_normal(layer_std(F, layer_idx)), (F, C), ("mlp", "embed"))}
-        return memory_v2.swiglu(p, h_BTC)
+        return {"w1": param(self, "w1", trunc_normal(layer_std(C, layer_idx)), (C, F), ("embed", "mlp")),
+                "w3": param(self, "w3", trunc_normal(layer_std(C, layer_idx)), (C, F), ("embed", "mlp")),
+                "w2": param(self, "w2", trunc_normal(layer_std(F, layer_idx)), (F, C), ("mlp", "embed"))}
+
+    def __call__(self, h_BTC: Array, layer_idx: Array) -> Array:
+        return memory_v2.swiglu(self.params_of(layer_idx), h_BTC)
 
 
 class V2Block(nn.Module):
-    """Short- and long-term memories (concatenated heads, one W_o), then the SwiGLU persistent memory."""
+    """Short- and long-term memories (concatenated heads, one W_o), then the SwiGLU persistent memory; each branch
+    ends in dropout p_hd."""
     cfg: ModelConfig
 
     @nn.compact
     def __call__(self, x_BTC: Array, layer_idx: Array, segment_ids_BT: Optional[Array] = None,
                  skip_B: Optional[Array] = None, deterministic: bool = True) -> Array:
         c = self.cfg
-        seg = segment_ids_BT if c.doc_masking else None
         if skip_B is None:   # called outside LanguageModel: the evaluation skip
             skip_B = jnp.full((x_BTC.shape[0],), c.long_skip_eval, jnp.int32)
-        h = LayerNorm(c, name="ln1")(x_BTC)
-        ys = []
-        if c.short_heads:
-            ys.append(V2Memory(c, "short", c.short_heads, name="short")(h, layer_idx, seg, skip_B, deterministic))
-        if c.long_heads:
-            ys.append(V2Memory(c, "long", c.long_heads, name="long")(h, layer_idx, seg, skip_B, deterministic))
-        y = jnp.concatenate(ys, axis=2) if len(ys) > 1 else ys[0]
-        wo = param(self, "wo", trunc_normal(layer_std(c.n_embd, layer_idx)),
-                   (c.short_heads + c.long_heads, c.head_dim, c.n_embd), ("heads", "head_dim", "embed"))
-        out = jnp.einsum("bthd,hdc->btc", y, wo.astype(y.dtype))
-        x_BTC = x_BTC + dropout(self, out, c.hd_dropout, deterministic)
-        h = LayerNorm(c, name="ln2")(x_BTC)
-        return x_BTC + dropout(self, SwiGLU(c, name="ffn")(h, layer_idx), c.hd_dropout, deterministic)
-
-
-def block_forward(cfg: ModelConfig, p: dict, x_BTC: Array, *, segment_ids_BT: Optional[Array] = None,
-                  skip_B: Optional[Array] = None) -> tuple[Array, dict]:
-    """The eval-mode block on a parameter dict (one layer of `params["blocks"]["mosaic_v2"]`), with the memories'
-    internals: the same pure functions as V2Block, used by the decoder's prefill."""
-    from mosaic_jax.ops.memory import layer_norm
-    seg = segment_ids_BT if cfg.doc_masking else None
-    h = layer_norm(x_BTC, p["ln1"]["weight"])
-    ys, internals = [], {}
-    for kind, n in (("short", cfg.short_heads), ("long", cfg.long_heads)):
-        if n:
-            y, st = memory_v2.unit_forward(p[kind], h, kind, look=cfg.short_lookback, skip_B=skip_B,
-                                           segment_ids_BT=seg, impl=cfg.v2_impl, key_impl=cfg.v2_key_impl)
-            ys.append(y)
-            internals[kind] = st
-    y = jnp.concatenate(ys, axis=2) if len(ys) > 1 else ys[0]
-    x_BTC = x_BTC + jnp.einsum("bthd,hdc->btc", y, p["wo"].astype(y.dtype))
-    return x_BTC + memory_v2.swiglu(p["ffn"], layer_norm(x_BTC, p["ln2"]["weight"])), internals
-
+        p = {"ln1": LayerNorm(c, name="ln1").params_of(c.n_embd)}
+        rngs = {}
+        for kind, n in kinds(c):
+            p[kind], rng = V2Memory(c, kind, n, name=kind).params_of(layer_idx, deterministic)
+            if rng is not None:
+                rngs[kind] = rng
+        p["wo"] = param(self, "wo", trunc_normal(layer_std(c.n_embd, layer_idx)),
+                        (c.short_heads + c.long_heads, c.head_dim, c.n_embd), ("heads", "head_dim", "embed"))
+        p["ln2"] = LayerNorm(c, name="ln2").params_of(c.n_embd)
+        p["ffn"] = SwiGLU(c, name="ffn").params_of(layer_idx)
+        return v2_block(c, p, x_BTC, full_sequence(c, skip_B, segment_ids_BT, rngs),
+                        lambda y: dropout(self, y, c.hd_dropout, deterministic))
