@@ -274,7 +274,8 @@ def main(argv=None) -> dict:
 
 Command: `{command_line(['python', 'experiments/attention_consistency.py'] + list(sys.argv[1:] if argv is None else argv))}`
 Wall time: {wall:.0f} s on {machine()}{' — SMOKE RUN, numbers meaningless' if a.smoke else ''} (analysis only; the
-models are the runs of `experiments/lm_by_depth.py`, see its results.md for how they were trained).
+models are the runs in `{runs_root.relative_to(REPO) if runs_root.is_relative_to(REPO) else runs_root}`, made by
+`experiments/lm_by_depth.py` or by `experiments/lm_calibrated.py`'s recipe; their train records say how).
 
 Data: {a.windows} evenly spaced TinyStories-validation windows of the training context. Scores: mosaic C-mem
 k_t·k_j (β inside the keys; strictly causal, j ≤ t − 1); GPT-2 q_t·k_j/√D (j ≤ t); {score_kind}. Inconsistency at distance d:
