@@ -116,11 +116,12 @@ def local_copy(url: str) -> str:
     return str(dest)
 
 
-def upload(local: str | os.PathLike, url: str) -> int:
-    """Copy a prepared folder to gs://: every file, then the manifest (readers treat a folder without a manifest as
-    not prepared, so an interrupted upload is never read as data). Returns the bytes uploaded."""
+def upload(local: str | os.PathLike, url: str, last: str = MANIFEST) -> int:
+    """Copy a prepared folder to gs://: every file, then the manifest, or the file named `last` (readers treat a
+    folder without a manifest as not prepared, so an interrupted upload is never read as data). Returns the bytes
+    uploaded."""
     local = pathlib.Path(local)
-    files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: p.name == MANIFEST)
+    files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: p.name == last)
     total = 0
     for f in files:
         rel = f.relative_to(local).as_posix()
