@@ -248,6 +248,24 @@ def test_prepare_data_streams_gcs_inputs(gcs, tmp_path, data_dir, capsys):
         assert not (tmp_path / "bad").exists()
 
 
+def test_prepare_data_rerun_to_gcs_is_a_no_op(gcs, tmp_path, data_dir, capsys):
+    """gs:// in and out: re-running the same preparation finds its fingerprint in the bucket and uploads nothing (the
+    manifest, which records its creation time, stays the first run's); other options are refused, exit 1."""
+    from mosaic_jax import prepare_data
+    root = gcs.make_bucket("rerun")
+    storage.write_bytes(f"{root}/in/t.txt", (data_dir / "tinystories" / "train_v1_prefix_a.txt").read_bytes()[:8000])
+    argv = [f"--input={root}/in", f"--out={root}/prep", "--tokenizer=byte", "--num_workers=1", "--noprogress"]
+    assert prepare_data.main(argv) == 0 and f"{root}/prep: uploaded" in capsys.readouterr().out
+    first = storage.path(f"{root}/prep/manifest.json").read_bytes()
+    assert prepare_data.main(argv) == 0
+    assert f"{root}/prep: already holds this preparation; nothing uploaded" in capsys.readouterr().out
+    assert storage.path(f"{root}/prep/manifest.json").read_bytes() == first
+    assert prepare_data.main([*argv, "--add_bos"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]   # after the progress log
+    assert len(err) == 1 and err[0].startswith(f"prepare_data: error: {root}/prep holds a different preparation"), err
+    assert storage.path(f"{root}/prep/manifest.json").read_bytes() == first
+
+
 @pytest.mark.slow
 def test_export_reads_and_writes_gcs(gcs, gcs_runs, tmp_path, capsys):
     """export --workdir=gs://... --out=gs://...: the same Hugging Face files as an export of the bitwise-equal local
@@ -314,20 +332,21 @@ def test_sweep_on_a_gcs_root(gcs_runs, capsys):
 
 
 @pytest.mark.slow
-def test_aot_writes_its_report_to_gcs(gcs, gcs_runs):
-    """aot --out=gs://...: the JSON report is one object in the bucket (the module's model and mesh, so the step may
-    come from the module's XLA cache); a bucket that does not exist is a one-line error naming the URL (the CLI
-    prints the report first and exits 1 through cli_util)."""
-    from tests.test_train_io import ARGS
-    env = {k: v for k, v in gcs_runs["env"].items() if k != "XLA_FLAGS"}   # the tool sets its own device count
+def test_aot_writes_its_report_to_gcs(gcs):
+    """aot --out=gs://...: the JSON report is one object in the bucket (a 1-layer model on 1 device: the compile is
+    the cost); a bucket that does not exist is a one-line error naming the URL (the CLI prints the report first and
+    exits 1 through cli_util)."""
+    env = {k: v for k, v in gcs.env().items() if k != "XLA_FLAGS"}   # the tool sets its own device count
+    env.update(PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
     url = gcs.make_bucket("reports") + "/aot/tiny.json"
-    r = subprocess.run([sys.executable, "-m", "mosaic_jax.tools.aot", *ARGS, "--config.data.path=gs://data/ts",
-                        "--num_devices=8", f"--out={url}"], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=600)
+    tiny = ["--config=tiny_cpu", "--config.model.vocab_size=64", "--config.model.n_layer=1", "--config.model.n_embd=16",
+            "--config.model.n_head=2", "--config.model.pmem_size=16", "--config.model.block_size=16",
+            "--config.train.global_batch=2", "--config.mesh.data=1", "--config.mesh.fsdp=1", "--config.mesh.tensor=1"]
+    r = subprocess.run([sys.executable, "-m", "mosaic_jax.tools.aot", *tiny, "--num_devices=1", f"--out={url}"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(storage.path(url).read_text())
-    assert report["num_devices"] == 8 and report["per_device_bytes"]["params"] > 0 and report["fits"] is not False
-    print(f"aot compile_s {report['compile_s']}")
+    assert report["num_devices"] == 1 and report["per_device_bytes"]["params"] > 0 and report["fits"] is not False
     # the write itself, in-process (no second compile): the same function the CLI calls after printing the report
     from mosaic_jax import cli_util
     from mosaic_jax.tools import aot
