@@ -18,7 +18,8 @@ from mosaic_jax import cli_util
 
 FORMATS = ("hf",)
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("workdir", None, "Training run folder (checkpoints/ or export/), local or gs://.", flag_values=FLAGS)
+flags.DEFINE_string("workdir", None, "Training run folder (checkpoints/ or export/), local or gs://.",
+                    flag_values=FLAGS)
 flags.DEFINE_enum("format", "hf", FORMATS, "Output format: hf (a Hugging Face model folder).", flag_values=FLAGS)
 flags.DEFINE_string("out", None, "Output folder, local or gs:// (must not exist, or be empty).", flag_values=FLAGS)
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).", flag_values=FLAGS)

@@ -26,7 +26,6 @@ import io
 import itertools
 import json
 import os
-import pathlib
 import re
 import shlex
 import statistics
@@ -252,7 +251,7 @@ def sbatch_command(plan: dict[str, Any], sbatch_args: Sequence[str] = (), max_pa
 
 
 def _main_run(a: Any, base_args: list[str]) -> int:
-    spec = json.loads(pathlib.Path(a.spec).read_text()) if a.spec else None
+    spec = json.loads(storage.path(a.spec).read_text()) if a.spec else None
     overrides = expand(a.grid, a.run, spec)
     if not base_args:
         raise SweepError("give the training flags after '--' (at least --config=PRESET or a config file)")
@@ -291,7 +290,8 @@ flags.DEFINE_string("root", "runs/sweeps", "run: where sweep folders go (local o
 flags.DEFINE_multi_string("grid", [], "run: a grid axis FIELD=V1,V2,... (repeat for a cartesian product), e.g. "
                           "train.lr=1e-3,3e-3.", flag_values=FLAGS)
 flags.DEFINE_multi_string("run", [], "run: one explicit run 'FIELD=V FIELD=V' (repeat for a list).", flag_values=FLAGS)
-flags.DEFINE_string("spec", None, 'run: JSON file {"grid": {"train.lr": [..]}, "runs": [{"model.arch": "gpt2"}]}.',
+flags.DEFINE_string("spec", None, 'run: JSON file (local or gs://) {"grid": {"train.lr": [..]}, '
+                    '"runs": [{"model.arch": "gpt2"}]}.',
                     flag_values=FLAGS)
 flags.DEFINE_enum("mode", "local", ["local", "slurm"], "run: local = one after another here; slurm = one sbatch job "
                   "array.", flag_values=FLAGS)
