@@ -163,7 +163,8 @@ def _scalar_events(data: bytes) -> list[tuple[str, int]]:
 @pytest.mark.slow
 def test_generate_and_evaluate_from_the_gcs_run(gcs_runs, data_dir):
     """generate reads the newest committed step and the run's tokenizer copy from the bucket (same greedy text as
-    from the local run with the same final state); evaluate writes eval.json etc. into gs://.../eval."""
+    from the local run with the same final state); evaluate scores a gs:// corpus and writes eval.json etc. into
+    gs://.../eval."""
     env, wd = gcs_runs["env"], gcs_runs["workdir"]
 
     def gen(workdir):
@@ -173,8 +174,8 @@ def test_generate_and_evaluate_from_the_gcs_run(gcs_runs, data_dir):
         assert r.returncode == 0, r.stderr[-2000:]
         return r.stdout
     assert gen(wd) == gen(gcs_runs["ref"])   # bitwise-equal params: the same greedy continuation
-    corpus = gcs_runs["root"] / "valid.txt"
-    corpus.write_bytes((data_dir / "tinystories" / "train_v1_prefix_a.txt").read_bytes()[100_000:110_000])
+    corpus = "gs://data/corpus/valid.txt"   # --input on gs:// too (streamed by ingest.SourceReader)
+    storage.write_bytes(corpus, (data_dir / "tinystories" / "train_v1_prefix_a.txt").read_bytes()[100_000:110_000])
     r = subprocess.run([sys.executable, "-m", "mosaic_jax.evaluate", f"--workdir={wd}", f"--input={corpus}",
                         "--max_windows=4"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -351,6 +352,9 @@ def test_aot_writes_its_report_to_gcs(gcs):
     from mosaic_jax import cli_util
     from mosaic_jax.tools import aot
     cli_util.parse("aot", aot.FLAGS, ["--out=gs://no-such-bucket/r.json"])
-    with pytest.raises(cli_util.CommandError, match=r"^--out=gs://no-such-bucket/r.json: cannot write \(") as e:
-        aot._write_out(report)
+    try:
+        with pytest.raises(cli_util.CommandError, match=r"^--out=gs://no-such-bucket/r.json: cannot write \(") as e:
+            aot._write_out(report)
+    finally:
+        aot.FLAGS.unparse_flags()   # leave the module's flags as other tests expect them
     assert "\n" not in str(e.value)
