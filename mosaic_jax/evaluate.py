@@ -133,8 +133,8 @@ def _token_labels(tok: Any, ids: Sequence[int]) -> list[str]:
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("workdir", None, "Training run folder (checkpoints/ or export/).", flag_values=FLAGS)
-flags.DEFINE_list("input", [], "Comma-separated text files to score (plain text, JSONL or gzip, decoded as "
-                  "prepare_data does).", flag_values=FLAGS)
+flags.DEFINE_list("input", [], "Comma-separated text files to score, local or gs:// (plain text, JSONL or gzip, "
+                  "decoded as prepare_data does).", flag_values=FLAGS)
 flags.DEFINE_integer("window", 0, "Tokens of context per window (0: block_size).", lower_bound=0, flag_values=FLAGS)
 flags.DEFINE_integer("batch_size", 8, "Windows per forward pass.", lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer("max_windows", 0, "Score at most this many windows (0: all).", lower_bound=0, flag_values=FLAGS)
@@ -153,7 +153,7 @@ def read_corpus(files: Sequence[str], tok: Any) -> list[int]:
     from mosaic_jax.data import ingest
     ids: list[int] = []
     for f in files:
-        if not pathlib.Path(f).is_file():
+        if not storage.path(f).is_file():   # a local file or a gs:// object (ingest streams it)
             raise cli_util.CommandError(f"--input: {f}: file not found")
         reader = ingest.SourceReader(f, separator="file")
         for doc in reader.documents():

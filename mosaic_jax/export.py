@@ -5,6 +5,7 @@ r"""Export a trained run for other tools.
 --format=hf writes a Hugging Face folder (mosaic_jax.hf.export.export_hf): GPT-2 runs as the native
 GPT2LMHeadModel, memory mosaics (v1, v2) with their PyTorch modeling file (load with trust_remote_code=True),
 the tokenizer as tokenizer.json, generation_config.json and a model card. --out must not exist (or be empty).
+--workdir and --out may be gs://bucket/prefix (a gs:// --out is written locally, then uploaded).
 Errors: `export: error: <one line>`, exit 2 for usage errors, 1 for runtime failures. See docs/inference.md.
 """
 from __future__ import annotations
@@ -17,9 +18,10 @@ from mosaic_jax import cli_util
 
 FORMATS = ("hf",)
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("workdir", None, "Training run folder (checkpoints/ or export/).", flag_values=FLAGS)
+flags.DEFINE_string("workdir", None, "Training run folder (checkpoints/ or export/), local or gs://.",
+                    flag_values=FLAGS)
 flags.DEFINE_enum("format", "hf", FORMATS, "Output format: hf (a Hugging Face model folder).", flag_values=FLAGS)
-flags.DEFINE_string("out", None, "Output folder (must not exist, or be empty).", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "Output folder, local or gs:// (must not exist, or be empty).", flag_values=FLAGS)
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).", flag_values=FLAGS)
 flags.DEFINE_string("tokenizer", None, "Tokenizer spec, if the run's data folder moved.", flag_values=FLAGS)
 flags.DEFINE_string("push_to_hub", None, "Also upload the folder to this hub repository (ORG/NAME).",

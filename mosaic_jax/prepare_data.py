@@ -3,8 +3,9 @@ r"""Prepare text corpora into a token store for training.
     python -m mosaic_jax.prepare_data --input=../shared/data/tinystories --out=/tmp/tinystories_sp8k \
         --tokenizer=sp:8192
 
-Inputs are files, folders (walked for --include patterns) or globs, comma-separated; plain text, JSONL or
-gzip of either; or Hugging Face datasets, streamed: hf:ORG/NAME[:CONFIG][:SPLIT][@TEXT_FIELD], where ORG/NAME
+Inputs are files, folders (walked for --include patterns) or globs, comma-separated, local or
+gs://bucket/prefix[/file] (objects are streamed, not staged locally); plain text, JSONL or gzip of either;
+or Hugging Face datasets, streamed: hf:ORG/NAME[:CONFIG][:SPLIT][@TEXT_FIELD], where ORG/NAME
 may also be a local folder of data files or a save_to_disk folder. --tokenizer: sp:N (train sentencepiece BPE), sp-unigram:N, byte, gpt2 (tiktoken), hf:PATH (tokenizer.json), or a
 sentencepiece .model file. Re-running with the same inputs and flags is a no-op; an output folder that
 holds a different preparation is refused. A bad flag exits with status 2, bad input with 1, each with a
@@ -27,12 +28,13 @@ from mosaic_jax.data.errors import DataError
 
 _D = pipeline.PrepareOptions()
 FLAGS = flags.FlagValues()
-flags.DEFINE_list("input", None, "Input files, folders or globs, or hf:ORG/NAME[:CONFIG][:SPLIT][@TEXT_FIELD] "
-                  "(a hub id, local dataset folder or save_to_disk folder), comma-separated.", flag_values=FLAGS)
+flags.DEFINE_list("input", None, "Input files, folders or globs (local or gs://bucket/prefix), or "
+                  "hf:ORG/NAME[:CONFIG][:SPLIT][@TEXT_FIELD] (a hub id, local dataset folder or save_to_disk "
+                  "folder), comma-separated.", flag_values=FLAGS)
 flags.DEFINE_list("validation_input", [], "Optional inputs that form the whole validation split (then "
                   "--val_fraction is unused).", flag_values=FLAGS)
-flags.DEFINE_string("out", None, "Output folder (created; must not hold a different preparation; files inside it "
-                    "are never read as input).", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "Output folder, local or gs://bucket/prefix (created; must not hold a different "
+                    "preparation; files inside it are never read as input).", flag_values=FLAGS)
 flags.DEFINE_alias("output", "out", flag_values=FLAGS)   # the old name, kept for existing commands
 flags.DEFINE_string("tokenizer", "sp:8192", "sp:N | sp-unigram:N | byte | gpt2 | gpt2:DIR | hf:PATH | path/to.model | "
                     "prepared folder.", flag_values=FLAGS)

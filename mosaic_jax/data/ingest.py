@@ -6,6 +6,11 @@ Formats
   * jsonl : one JSON value per line, either a string (the BabiStories format) or an object with a text field.
 Either may be gzip-compressed (detected by magic bytes, not by name).
 
+Inputs may be ``gs://bucket/prefix`` URLs (a folder is listed for ``include`` patterns, a glob matches object names,
+an object is taken as named). Each object is streamed through etils.epath (gcsfs) rather than staged in a local
+folder: a corpus then never needs its size in local disk, and the manifest records the URL, not a temporary path.
+The price is that an object is read once per pass (sha256, tokenizer sample, tokenizing), as a local file is.
+
 Undecodable UTF-8 bytes are replaced by U+FFFD and counted; a file that is mostly binary is refused.
 Every error is a :class:`DataError` with a one-line message naming the file (and line or field).
 """
@@ -16,6 +21,7 @@ import dataclasses
 import fnmatch
 import glob
 import gzip
+import io
 import json
 import os
 import re
@@ -24,6 +30,7 @@ from typing import BinaryIO, Iterator, Sequence
 
 from mosaic_jax.data import hf_source
 from mosaic_jax.data.errors import DataError
+from mosaic_jax.io import storage
 
 # Files taken when a folder is given as input (explicitly named files are always taken).
 DEFAULT_INCLUDE: tuple[str, ...] = tuple(
@@ -60,10 +67,13 @@ _ERRORS = "mosaic_jax_count_replace"
 
 
 def expand_inputs(patterns: Sequence[str], include: Sequence[str] = DEFAULT_INCLUDE) -> list[str]:
-    """Files named by ``patterns`` (files, folders walked recursively, or globs), in a stable order."""
+    """Files named by ``patterns`` (files, folders walked recursively, or globs; local or gs://), in a stable order."""
     files: list[str] = []
     for pattern in patterns:
         if not pattern:
+            continue
+        if storage.is_remote(pattern):
+            files.extend(_expand_remote(pattern, include))
             continue
         if any(ch in pattern for ch in "*?["):
             matches = sorted(glob.glob(pattern, recursive=True))
@@ -84,6 +94,43 @@ def expand_inputs(patterns: Sequence[str], include: Sequence[str] = DEFAULT_INCL
     if not unique:
         raise DataError(f"{','.join(patterns)}: empty corpus (no input files; folders take {','.join(include)})")
     return unique
+
+
+def _expand_remote(url: str, include: Sequence[str]) -> list[str]:
+    """gs:// objects named by `url`: the object itself, every object under the folder `url` whose name matches
+    `include` (in os.walk order, so a folder gives the same input order, hence fingerprint, as its local copy), or
+    the objects a glob matches (fsspec glob semantics: `*` stays within one folder, `**` crosses folders; folders
+    it matches are not walked)."""
+    url = url.rstrip("/")
+    try:
+        if any(ch in url for ch in "*?["):
+            import fsspec
+            matched = fsspec.filesystem("gs").glob(url[len("gs://"):], detail=True)
+            found = sorted("gs://" + f for f, info in matched.items() if info.get("type") != "directory")
+            if not found:
+                raise DataError(f"{url}: input pattern matched no objects")
+            return found
+        if storage.path(url).is_file():
+            return [url]
+        listed = storage.list_files(url)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - no bucket, no permission, no network: one line naming the URL
+        if isinstance(e, FileNotFoundError):
+            raise DataError(f"{url}: input not found (no such bucket)") from None
+        raise DataError(f"{url}: cannot list input ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    if not listed:
+        raise DataError(f"{url}: input not found (no object or folder of that name)")
+    taken = [rel for rel in listed if not any(part.startswith(".") for part in rel.split("/"))
+             and any(fnmatch.fnmatch(rel.rsplit("/", 1)[-1], pat) for pat in include)]
+    # os.walk order: a folder's files (sorted) before its subfolders (sorted), recursively
+    taken.sort(key=lambda rel: [(1, d) for d in rel.split("/")[:-1]] + [(0, rel.rsplit("/", 1)[-1])])
+    return [f"{url}/{rel}" for rel in taken]
+
+
+def input_size(path: str) -> int:
+    """Bytes of an input file or gs:// object."""
+    return storage.path(path).stat().length if storage.is_remote(path) else os.path.getsize(path)
 
 
 def expand_sources(patterns: Sequence[str], include: Sequence[str] = DEFAULT_INCLUDE) -> list[str]:
@@ -115,9 +162,16 @@ def _walk(folder: str, include: Sequence[str]) -> list[str]:
     return found
 
 
+def _open_raw(path: str) -> BinaryIO:
+    if storage.is_remote(path):
+        # gcsfs's readline reads a whole block (5 MB) per line; a BufferedReader makes line iteration cheap
+        return io.BufferedReader(storage.path(path).open("rb"), 1 << 20)  # type: ignore[arg-type]
+    return open(path, "rb")
+
+
 def _open_binary(path: str) -> tuple[BinaryIO, BinaryIO]:
     """(stream of uncompressed bytes, the raw file underneath, whose position measures progress)."""
-    raw = open(path, "rb")
+    raw = _open_raw(path)
     if raw.read(2) == _GZIP_MAGIC:
         raw.seek(0)
         return gzip.GzipFile(fileobj=raw, mode="rb"), raw  # type: ignore[return-value]

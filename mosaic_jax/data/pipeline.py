@@ -27,6 +27,7 @@ import numpy as np
 
 from mosaic_jax.data import hf_source, ingest, store, tokenizers
 from mosaic_jax.data.errors import DataError
+from mosaic_jax.io import storage
 
 _CHUNK_CHARS = 1 << 19  # text per worker task: large enough to amortise IPC, small enough to balance load
 _BYTES_PER_WORKER = 16 << 20  # auto worker count: one per this many input bytes, at most one per core
@@ -139,7 +140,7 @@ def _encoded_chunks(
 
 def _consumed(reader: Reader) -> int:
     """Progress units of a reader read to its end: file bytes, or text bytes for hf inputs."""
-    return reader.position() if isinstance(reader, hf_source.HFReader) else os.path.getsize(reader.path)
+    return reader.position() if isinstance(reader, hf_source.HFReader) else ingest.input_size(reader.path)
 
 
 def _chunks(readers: list[tuple[Reader, str]]) -> Iterator[tuple[str, list[str], int]]:
@@ -244,9 +245,9 @@ def _existing(output: str, fingerprint: str, identity: dict[str, Any]) -> dict[s
 
 def _outside(output: str, files: list[str]) -> list[str]:
     """Input files minus those inside the output folder (an output under an input folder must not read its own
-    manifest back as input on a re-run); ``hf:`` inputs are kept."""
+    manifest back as input on a re-run); ``hf:`` and gs:// inputs are kept (the output is a local folder)."""
     out = os.path.abspath(output) + os.sep
-    kept = [f for f in files if hf_source.is_spec(f) or not os.path.abspath(f).startswith(out)]
+    kept = [f for f in files if hf_source.is_spec(f) or storage.is_remote(f) or not os.path.abspath(f).startswith(out)]
     if not kept:
         raise DataError(f"{output}: every input file lies inside the output folder")
     return kept
@@ -297,7 +298,7 @@ def prepare(
     opened = {p: hf_source.HFReader(p, options.text_field) for p in train_files + val_files if hf_source.is_spec(p)}
     sources = [
         {"path": p, "role": role, "sha256": opened[p].identity(), "bytes": opened[p].size_estimate()} if p in opened
-        else {"path": p, "role": role, "sha256": store.sha256_file(p), "bytes": os.path.getsize(p)}
+        else {"path": p, "role": role, "sha256": store.sha256_file(p), "bytes": ingest.input_size(p)}
         for files, role in ((train_files, "split" if not val_files else "train"), (val_files, "validation"))
         for p in files
     ]

@@ -21,7 +21,7 @@ import numpy as np
 
 from mosaic_jax.data import tokenizers
 from mosaic_jax.data.errors import DataError
-from mosaic_jax.io import data_cache
+from mosaic_jax.io import data_cache, storage
 
 FORMAT_VERSION = "mosaic_jax.prepared/1"
 MANIFEST_FILE = tokenizers.MANIFEST_FILE
@@ -278,8 +278,9 @@ def verify(path: str) -> None:
 
 
 def sha256_file(path: str) -> str:
+    """sha256 of a local file or a gs:// object (streamed)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.path(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()

@@ -8,15 +8,21 @@ The folder holds config.json, model.safetensors (float32), generation_config.jso
 (tokenizer.json + tokenizer_config.json, and the sentencepiece `tokenizer.model`), a model card README.md
 (run config, data, tokens seen, final losses) and, for memory mosaics, modeling_mosaic.py (PyTorch, written
 from the spec). It is written to a temporary folder and renamed: `out` is never half-written or overwritten.
+`workdir` and `out` may be gs://bucket/prefix URLs: a gs:// `out` is written to a local temporary folder first and
+then uploaded, config.json last (GCS has no folder rename); a gs:// `out` that already holds objects is refused.
 """
 from __future__ import annotations
 
 import json
 import pathlib
 import shutil
+import tempfile
 import uuid
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
+from etils import epath
+
+from mosaic_jax.io import data_cache, storage
 from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
 
@@ -27,7 +33,7 @@ class ExportError(RuntimeError):
     """The run cannot be exported, or `out` is in the way (one-line message)."""
 
 
-def _last_records(workdir: pathlib.Path) -> dict[str, dict[str, Any]]:
+def _last_records(workdir: epath.Path) -> dict[str, dict[str, Any]]:
     """The last metrics.jsonl record per split ("train", "eval"), {} when there is no file."""
     last: dict[str, dict[str, Any]] = {}
     path = workdir / "metrics.jsonl"
@@ -45,7 +51,7 @@ def _last_records(workdir: pathlib.Path) -> dict[str, dict[str, Any]]:
 
 
 def model_card(cfg: ModelConfig, run: dict[str, Any], last: dict[str, dict[str, Any]], tok: Any,
-               workdir: pathlib.Path) -> str:
+               workdir: epath.Path) -> str:
     """README.md: what was trained, on what, for how long, and how well."""
     model, train, data = run.get("model", cfg.to_dict()), run.get("train", {}), run.get("data", {})
     step = max([r["step"] for r in last.values()], default=0)
@@ -107,45 +113,72 @@ def _write_model(cfg: ModelConfig, params: Any, tok: Any, folder: pathlib.Path) 
                      use_cache=how == "gpt2").save_pretrained(str(folder))
 
 
-def export_hf(workdir: str, out: str, *, step: Optional[int] = None, tokenizer: Optional[str] = None,
-              push_to_hub: Optional[str] = None) -> pathlib.Path:
-    """Write the Hugging Face folder `out` for the run in `workdir` (newest checkpoint, or `step`); optionally
-    upload it to the hub repository `push_to_hub` ("org/name"). Returns the folder."""
-    from mosaic_jax.generate import InferenceLoadError, load_for_inference
-    from mosaic_jax.hf.tokenizer import TokenizerExportError, save_hf_tokenizer
-
-    dest = pathlib.Path(out).absolute()
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+def _refuse_existing(out: str) -> None:
+    """ExportError when `out` (a local folder or a gs:// prefix) already holds something: nothing is overwritten."""
+    if storage.is_remote(out):
+        try:
+            taken = storage.path(out).is_file() or bool(storage.list_files(out))
+        except FileNotFoundError:
+            raise ExportError(f"--out={out}: no such bucket") from None
+    else:
+        dest = pathlib.Path(out)
+        taken = dest.exists() and (not dest.is_dir() or any(dest.iterdir()))
+    if taken:
         raise ExportError(f"--out={out}: already exists and is not an empty folder (nothing is overwritten)")
+
+
+def export_hf(workdir: str, out: str, *, step: Optional[int] = None, tokenizer: Optional[str] = None,
+              push_to_hub: Optional[str] = None) -> Union[pathlib.Path, epath.Path]:
+    """Write the Hugging Face folder `out` for the run in `workdir` (newest checkpoint, or `step`); optionally
+    upload it to the hub repository `push_to_hub` ("org/name"). Returns the folder (an epath.Path for gs://)."""
+    from mosaic_jax.generate import InferenceLoadError, load_for_inference
+
+    _refuse_existing(out)
     try:
         cfg, params, tok = load_for_inference(workdir, step, tokenizer)
     except InferenceLoadError as e:
         raise ExportError(str(e)) from None
-    wd = pathlib.Path(workdir)
+    wd = storage.path(workdir)
     run = json.loads((wd / "config.json").read_text()) if (wd / "config.json").is_file() else {}
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
-        _write_model(cfg, params, tok, tmp)
-        if tok.kind == "gpt2":
-            (tmp / "TOKENIZER.md").write_text("This run used the GPT-2 BPE (tiktoken): load it with "
-                                              "AutoTokenizer.from_pretrained('gpt2'); the ids are the same.\n")
-        else:
-            try:
-                save_hf_tokenizer(tok, tmp)
-            except TokenizerExportError as e:
-                raise ExportError(str(e)) from None
-        (tmp / "README.md").write_text(model_card(cfg, run, _last_records(wd), tok, wd))
-        if dest.exists():
-            dest.rmdir()   # empty (checked above)
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if push_to_hub:
-        push(dest, push_to_hub)
-    return dest
+    if not storage.is_remote(out):
+        dest = pathlib.Path(out).absolute()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir()
+        try:
+            _write_folder(cfg, params, tok, run, wd, tmp)
+            if dest.exists():
+                dest.rmdir()   # empty (checked above)
+            tmp.rename(dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if push_to_hub:
+            push(dest, push_to_hub)
+        return dest
+    with tempfile.TemporaryDirectory(prefix="mosaic_jax-export-") as stage:
+        _write_folder(cfg, params, tok, run, wd, pathlib.Path(stage))
+        _refuse_existing(out)   # again: something may have appeared while the model was written
+        data_cache.upload(stage, out.rstrip("/"), last="config.json")   # a folder without config.json loads nothing
+        if push_to_hub:
+            push(pathlib.Path(stage), push_to_hub)
+    return storage.path(out.rstrip("/"))
+
+
+def _write_folder(cfg: ModelConfig, params: Any, tok: Any, run: dict[str, Any], wd: epath.Path,
+                  folder: pathlib.Path) -> None:
+    """Every file of the Hugging Face folder into the (empty, local) `folder`."""
+    from mosaic_jax.hf.tokenizer import TokenizerExportError, save_hf_tokenizer
+    _write_model(cfg, params, tok, folder)
+    if tok.kind == "gpt2":
+        (folder / "TOKENIZER.md").write_text("This run used the GPT-2 BPE (tiktoken): load it with "
+                                             "AutoTokenizer.from_pretrained('gpt2'); the ids are the same.\n")
+    else:
+        try:
+            save_hf_tokenizer(tok, folder)
+        except TokenizerExportError as e:
+            raise ExportError(str(e)) from None
+    (folder / "README.md").write_text(model_card(cfg, run, _last_records(wd), tok, wd))
 
 
 def push(folder: pathlib.Path, repo_id: str) -> None:

@@ -11,6 +11,7 @@ may fill the cache at once: each downloads into its own temporary folder and the
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pathlib
 import shutil
@@ -116,11 +117,12 @@ def local_copy(url: str) -> str:
     return str(dest)
 
 
-def upload(local: str | os.PathLike, url: str) -> int:
-    """Copy a prepared folder to gs://: every file, then the manifest (readers treat a folder without a manifest as
-    not prepared, so an interrupted upload is never read as data). Returns the bytes uploaded."""
+def upload(local: str | os.PathLike, url: str, last: str = MANIFEST) -> int:
+    """Copy a prepared folder to gs://: every file, then the manifest, or the file named `last` (readers treat a
+    folder without a manifest as not prepared, so an interrupted upload is never read as data). Returns the bytes
+    uploaded."""
     local = pathlib.Path(local)
-    files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: p.name == MANIFEST)
+    files = sorted((p for p in local.rglob("*") if p.is_file()), key=lambda p: p.name == last)
     total = 0
     for f in files:
         rel = f.relative_to(local).as_posix()
@@ -132,12 +134,14 @@ def upload(local: str | os.PathLike, url: str) -> int:
 
 def publish(local: str | os.PathLike, url: str) -> bool:
     """Upload a freshly prepared folder to `url` unless the bucket already holds the same preparation (False);
-    DataError when it holds another one (never overwritten, as for a local --output)."""
+    DataError when it holds another one (never overwritten, as for a local --output). "The same" is the same
+    fingerprint (inputs' contents, options, tokenizer), as for a local --output: the manifest's bytes also hold
+    its creation time, so a re-run's manifest never equals the uploaded one byte for byte."""
     url = str(url).rstrip("/")
-    new = (pathlib.Path(local) / MANIFEST).read_bytes()
+    new = json.loads((pathlib.Path(local) / MANIFEST).read_bytes())
     remote = storage.path(url) / MANIFEST
     if remote.exists():
-        if remote.read_bytes() == new:
+        if json.loads(remote.read_bytes()).get("fingerprint") == new["fingerprint"]:
             return False
         raise DataError(f"{url} holds a different preparation ({MANIFEST} differs); choose another --output")
     upload(local, url)

@@ -45,6 +45,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mosaic_jax import cli_util
+from mosaic_jax.io import storage
 from mosaic_jax.tools import aot_scaling
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -276,7 +277,8 @@ flags.DEFINE_string("topology", None, "TPU slice to compile for without a TPU (n
 flags.DEFINE_float("device_memory_gb", None, "Memory per device in GiB for the fit verdict (H100 80, H200 141; "
                    "default with --topology: the chip's HBM). Exit status 3 when it does not fit.", lower_bound=0.0,
                    flag_values=FLAGS)
-flags.DEFINE_string("out", None, "Also write the report as JSON to this file.", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "Also write the report as JSON to this file (local or gs://bucket/path).",
+                    flag_values=FLAGS)
 flags.DEFINE_string("seq_lens", None, "Compile at each of these sequence lengths (e.g. 2048,8192,32768) and print "
                     "the per-device temporaries of every --impls path as a table.", flag_values=FLAGS)
 flags.DEFINE_string("impls", "dense,pallas", "Memory-read paths for --seq_lens: dense, xla_flash, blockwise, "
@@ -285,7 +287,7 @@ flags.DEFINE_string("impls", "dense,pallas", "Memory-read paths for --seq_lens: 
 
 def _aot(rest: list[str]) -> int:
     config = cli_util.load_config(FLAGS, example="babistories_mm")
-    if FLAGS.out:
+    if FLAGS.out and not storage.is_remote(FLAGS.out):   # gs:// has no folders to check; a bad bucket fails the write
         cli_util.check_out_parent("out", FLAGS.out)
 
     import jax   # here, not at the top: --help and flag errors answer without importing jax
@@ -319,9 +321,7 @@ def _aot(rest: list[str]) -> int:
     except (AotError, ConfigError, ValueError) as e:
         raise cli_util.CommandError(str(e)) from None
     print(format_report(report), flush=True)
-    if FLAGS.out:
-        with open(FLAGS.out, "w") as fh:
-            json.dump(report, fh, indent=1)
+    _write_out(report)
     return 3 if report["fits"] is False else 0
 
 
@@ -334,10 +334,19 @@ def _scaling(config: Any, mesh: tuple[int, int, int], devices: Sequence[Any], vo
     rows = aot_scaling.sweep(config, lens, impls, lambda c: analyze(c, mesh, devices, vocab, memory, label),
                              lambda line: print(line, flush=True))
     print(aot_scaling.format_table(rows), flush=True)
-    if FLAGS.out:
-        with open(FLAGS.out, "w") as fh:
-            json.dump(rows, fh, indent=1)
+    _write_out(rows)
     return 0
+
+
+def _write_out(obj: Any) -> None:
+    """--out: the JSON as one atomic write (a local file renamed into place, or one gs:// upload)."""
+    if not FLAGS.out:
+        return
+    try:
+        storage.write_text(FLAGS.out, json.dumps(obj, indent=1))
+    except Exception as e:  # noqa: BLE001 - gs://: no bucket, no permission, no network: one line naming the URL
+        raise cli_util.CommandError(f"--out={FLAGS.out}: cannot write ({type(e).__name__}: "
+                                    f"{' '.join(str(e).split())[:200]})") from None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

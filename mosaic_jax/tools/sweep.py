@@ -13,6 +13,11 @@ submitted as one SLURM job array, then one results table (markdown and CSV) gath
 `<root>/<name>/sweep.json` (the runs: folder, overrides, full argument list), `<root>/<name>/<NNN>_<key=value>...`
 (each run's --workdir), `results.md`, `results.csv`. A SLURM array task reads its arguments with
 `python -m mosaic_jax.tools.sweep args <sweep dir> <index>` (one per line), which is what slurm_gpu.sbatch does.
+
+`--root` may be gs://bucket/prefix: sweep.json, the runs' workdirs, sweep_status.json and the results tables then live
+in the bucket, and `gather gs://...` reads the runs' metrics from it. What runs the commands stays on this machine:
+the training subprocesses (local mode), and the SLURM log files, which sbatch writes only to a local path
+(`./slurm_logs/<name>/` for a gs:// root).
 """
 from __future__ import annotations
 
@@ -21,7 +26,6 @@ import io
 import itertools
 import json
 import os
-import pathlib
 import re
 import shlex
 import statistics
@@ -33,6 +37,7 @@ from typing import Any, Optional, Sequence
 from absl import flags
 
 from mosaic_jax import cli_util
+from mosaic_jax.io import storage
 
 DEFAULT_COMMAND = f"{shlex.quote(sys.executable)} -m mosaic_jax.train"
 SBATCH_SCRIPT = "launch/slurm_gpu.sbatch"
@@ -94,9 +99,9 @@ def run_name(index: int, overrides: dict[str, str]) -> str:
     return re.sub(r"[^\w.=+-]+", "-", "_".join(parts))[:120]
 
 
-def plan_sweep(root: pathlib.Path, name: str, base_args: Sequence[str], overrides: list[dict[str, str]],
+def plan_sweep(root: str | os.PathLike, name: str, base_args: Sequence[str], overrides: list[dict[str, str]],
                command: str = DEFAULT_COMMAND) -> dict[str, Any]:
-    sweep_dir = (root / name).absolute()
+    sweep_dir = storage.path(root) / name   # an absolute local path or a gs:// URL
     runs = []
     for i, ov in enumerate(overrides):
         run_dir = sweep_dir / run_name(i, ov)
@@ -106,22 +111,27 @@ def plan_sweep(root: pathlib.Path, name: str, base_args: Sequence[str], override
             "runs": runs}
 
 
-def write_manifest(plan: dict[str, Any]) -> pathlib.Path:
+def write_manifest(plan: dict[str, Any]) -> os.PathLike:
     """Create the sweep folder and sweep.json; an existing sweep must have the same runs (re-running resumes)."""
-    sweep_dir = pathlib.Path(plan["dir"])
+    sweep_dir = storage.path(plan["dir"])
     path = sweep_dir / "sweep.json"
     if path.exists():
         old = json.loads(path.read_text())
         if [r["args"] for r in old["runs"]] != [r["args"] for r in plan["runs"]]:
             raise SweepError(f"{path} describes other runs: use another --name, or delete the folder to restart")
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**plan, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1) + "\n")
+    if not storage.is_remote(sweep_dir):
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    storage.write_text(path, json.dumps({**plan, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1) + "\n")
     return path
 
 
 def load_manifest(sweep_dir: str | os.PathLike) -> dict[str, Any]:
-    path = pathlib.Path(sweep_dir) / "sweep.json"
-    if not path.exists():
+    path = storage.path(sweep_dir) / "sweep.json"
+    try:
+        found = path.exists()
+    except Exception as e:  # noqa: BLE001 - gs://: no bucket, no permission, no network: one line
+        raise SweepError(f"{path}: cannot read ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    if not found:
         raise SweepError(f"{path} not found (is {sweep_dir} a sweep folder made by `sweep run`?)")
     return json.loads(path.read_text())
 
@@ -130,7 +140,7 @@ def load_manifest(sweep_dir: str | os.PathLike) -> dict[str, Any]:
 
 def run_result(run: dict[str, Any]) -> dict[str, Any]:
     """Status and final metrics of one run, from its workdir (metrics.jsonl, config.json, sweep_status.json)."""
-    d = pathlib.Path(run["dir"])
+    d = storage.path(run["dir"])
     out: dict[str, Any] = {"run": run["name"], **run["overrides"], "status": "not started", "step": None,
                            "train_loss": None, "eval_loss": None, "eval_perplexity": None, "tokens_per_s": None}
     train: dict[int, dict[str, Any]] = {}
@@ -187,14 +197,14 @@ def gather(sweep_dir: str | os.PathLike) -> tuple[str, list[dict[str, Any]]]:
           "| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     md += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
     text = "\n".join(md) + "\n"
-    sweep_dir = pathlib.Path(sweep_dir)
-    (sweep_dir / "results.md").write_text(text)
+    sweep_dir = storage.path(sweep_dir)
+    storage.write_text(sweep_dir / "results.md", text)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for r in rows:
         writer.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in columns})
-    (sweep_dir / "results.csv").write_text(buf.getvalue())
+    storage.write_text(sweep_dir / "results.csv", buf.getvalue())
     return text, rows
 
 
@@ -214,32 +224,40 @@ def run_local(plan: dict[str, Any], rerun: bool = False, dry_run: bool = False) 
         print(f"[sweep] {run['name']}: {shlex.join(cmd)}", flush=True)
         t0 = time.time()
         rc = subprocess.call(cmd)
-        pathlib.Path(run["dir"]).mkdir(parents=True, exist_ok=True)
-        (pathlib.Path(run["dir"]) / "sweep_status.json").write_text(
-            json.dumps({"returncode": rc, "seconds": round(time.time() - t0, 1)}) + "\n")
+        run_dir = storage.path(run["dir"])
+        if not storage.is_remote(run_dir):
+            run_dir.mkdir(parents=True, exist_ok=True)
+        storage.write_text(run_dir / "sweep_status.json",
+                           json.dumps({"returncode": rc, "seconds": round(time.time() - t0, 1)}) + "\n")
         if rc != 0:
             failures += 1
             print(f"[sweep] {run['name']}: failed with exit status {rc}; going on", file=sys.stderr, flush=True)
     return failures
 
 
+def slurm_log_dir(plan: dict[str, Any]) -> str:
+    """Where the array tasks' logs go: the sweep folder, or ./slurm_logs/<name> for a gs:// sweep (sbatch writes
+    only to a filesystem path)."""
+    return os.path.abspath(os.path.join("slurm_logs", plan["name"])) if storage.is_remote(plan["dir"]) else plan["dir"]
+
+
 def sbatch_command(plan: dict[str, Any], sbatch_args: Sequence[str] = (), max_parallel: int = 0,
                    script: str = SBATCH_SCRIPT) -> list[str]:
     n = len(plan["runs"])
     array = f"0-{n - 1}" + (f"%{max_parallel}" if max_parallel > 0 else "")
-    out = os.path.join(plan["dir"], "slurm-%A_%a.out")
+    out = os.path.join(slurm_log_dir(plan), "slurm-%A_%a.out")
     return ["sbatch", f"--array={array}", f"--job-name={plan['name']}", f"--output={out}",
             f"--export=ALL,MOSAIC_SWEEP_DIR={plan['dir']}", *sbatch_args, script]
 
 
 def _main_run(a: Any, base_args: list[str]) -> int:
-    spec = json.loads(pathlib.Path(a.spec).read_text()) if a.spec else None
+    spec = json.loads(storage.path(a.spec).read_text()) if a.spec else None
     overrides = expand(a.grid, a.run, spec)
     if not base_args:
         raise SweepError("give the training flags after '--' (at least --config=PRESET or a config file)")
     if any(x.startswith("--workdir") for x in base_args):
         raise SweepError("--workdir is set per run by the sweep: leave it out of the training flags")
-    plan = plan_sweep(pathlib.Path(a.root), a.name, base_args, overrides, a.command)
+    plan = plan_sweep(a.root, a.name, base_args, overrides, a.command)
     if a.mode == "slurm":
         cmd = sbatch_command(plan, shlex.split(a.sbatch_args), a.max_parallel, a.sbatch_script)
         if a.dry_run:
@@ -248,6 +266,7 @@ def _main_run(a: Any, base_args: list[str]) -> int:
                 print(f"# array task {run['index']}: {shlex.join(run['args'])}")
             return 0
         write_manifest(plan)
+        os.makedirs(slurm_log_dir(plan), exist_ok=True)
         print(shlex.join(cmd), flush=True)
         rc = subprocess.call(cmd)
         if rc == 0:
@@ -266,11 +285,13 @@ def _main_run(a: Any, base_args: list[str]) -> int:
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("name", None, "run: sweep name, the folder <root>/<name>.", flag_values=FLAGS)
-flags.DEFINE_string("root", "runs/sweeps", "run: where sweep folders go.", flag_values=FLAGS)
+flags.DEFINE_string("root", "runs/sweeps", "run: where sweep folders go (local or gs://bucket/prefix).",
+                    flag_values=FLAGS)
 flags.DEFINE_multi_string("grid", [], "run: a grid axis FIELD=V1,V2,... (repeat for a cartesian product), e.g. "
                           "train.lr=1e-3,3e-3.", flag_values=FLAGS)
 flags.DEFINE_multi_string("run", [], "run: one explicit run 'FIELD=V FIELD=V' (repeat for a list).", flag_values=FLAGS)
-flags.DEFINE_string("spec", None, 'run: JSON file {"grid": {"train.lr": [..]}, "runs": [{"model.arch": "gpt2"}]}.',
+flags.DEFINE_string("spec", None, 'run: JSON file (local or gs://) {"grid": {"train.lr": [..]}, '
+                    '"runs": [{"model.arch": "gpt2"}]}.',
                     flag_values=FLAGS)
 flags.DEFINE_enum("mode", "local", ["local", "slurm"], "run: local = one after another here; slurm = one sbatch job "
                   "array.", flag_values=FLAGS)
