@@ -233,7 +233,7 @@ def attention_rows() -> list[list[str]]:
         return attention_rows_old()
     tables = [att] + [load(f"attention_consistency/{d.name}") for d in sorted((RESULTS / "attention_consistency")
                                                                                 .glob("depth*")) if d.is_dir()]
-    parts, verdicts = [], []
+    parts, verdicts, held, failed = [], [], [], []
     for res in (t for t in tables if t):
         rows = rows_by(res["tables"][1], "model", "depth", "seed")
         far = next(h for h in res["tables"][1]["header"] if h.startswith("inconsistency, far"))
@@ -242,6 +242,7 @@ def attention_rows() -> list[list[str]]:
             gp = [rows[("GPT-2", depth, float(s))][far] for s in res["seeds"]]
             every = all(m < g for m, g in zip(mm, gp))
             verdicts.append(every)
+            (held if every else failed).append(f"{depth:g}")
             parts.append(f"depth {depth:g}, {len(res['seeds'])} seeds: mosaic {pm(ms(mm))} vs GPT-2 {pm(ms(gp))}"
                          f" ({'mosaic lower in every seed' if every else 'not lower in every seed'})")
     depths_done = len(verdicts) > 1
@@ -250,10 +251,10 @@ def attention_rows() -> list[list[str]]:
              "transformer", "yes (v2 Fig. 1)",
              "far-token inconsistency (scores centred per query row, softmax-invariant): " + "; ".join(parts),
              verdict,
-             ("the mosaic is more consistent in every seed at every depth measured; " if all(verdicts) else
-              "the mosaic is not more consistent in every seed at every depth; ") +
-             ("partial because the models are 5 orders of magnitude smaller in training tokens than the paper's"
-              if depths_done else "depth 4 (where the old raw-score metric had GPT-2 ahead) was not re-measured")]]
+             (f"the mosaic is more consistent in every seed at depth {', '.join(held) or 'none'}"
+              + (f", not at depth {', '.join(failed)}" if failed else "") + "; ")
+             + ("models 5 orders of magnitude smaller in training tokens than the paper's"
+                if depths_done else "depth 4 (where the old raw-score metric had GPT-2 ahead) was not re-measured")]]
 
 
 def v2_rows() -> list[list[str]]:
