@@ -231,8 +231,7 @@ def attention_rows() -> list[list[str]]:
     att = load("attention_consistency")
     if not att or not isinstance(att.get("seeds"), list):
         return attention_rows_old()
-    tables = [att] + [load(f"attention_consistency/{d.name}") for d in sorted((RESULTS / "attention_consistency")
-                                                                                .glob("depth*")) if d.is_dir()]
+    tables = attention_tables(att)
     parts, verdicts, held, failed = [], [], [], []
     for res in (t for t in tables if t):
         rows = rows_by(res["tables"][1], "model", "depth", "seed")
@@ -307,8 +306,18 @@ def lm_block(lc: dict) -> str:
                                       "gap GPT-2 − MM, positions ≥ 50"], gaps)
 
 
+def attention_tables(att: dict) -> list[dict]:
+    """The depth-1 table (attention_consistency/) and each depth<N>/ table beside it."""
+    return [att] + [t for t in (load(f"attention_consistency/{d.name}") for d in
+                                sorted((RESULTS / "attention_consistency").glob("depth*")) if d.is_dir()) if t]
+
+
 def attention_block(att: dict) -> str:
-    return md(att["tables"][0]["header"], att["tables"][0]["rows"])
+    """Mean ± std over seeds, one table with a row per (model, depth), with the seed count."""
+    tabs = attention_tables(att)
+    head = tabs[0]["tables"][0]["header"]
+    rows = [[r[0], r[1], len(t["seeds"])] + list(r[2:]) for t in tabs for r in t["tables"][0]["rows"]]
+    return md(head[:2] + ["seeds"] + head[2:], rows)
 
 
 def build() -> str:
