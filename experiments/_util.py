@@ -37,8 +37,11 @@ class Progress:
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command as a user of a fresh clone would type it: `python`, paths relative to the repository root,
+    ../shared for the shared data (recorded commands name no path of the machine that ran them)."""
     argv = sys.argv if argv is None else argv
-    return " ".join(shlex.quote(a) for a in argv)
+    text = " ".join(shlex.quote(a) for a in argv)
+    return text.replace(sys.executable, "python").replace(str(SHARED), "../shared").replace(str(REPO) + "/", "")
 
 
 def machine() -> str:

@@ -120,7 +120,7 @@ def train_one(a: argparse.Namespace, arch: str, seed: int, depth: int, steps: in
     print("$ " + " ".join(cmd), flush=True)
     t0, load0 = time.time(), os.getloadavg()
     subprocess.run(cmd, check=True, cwd=REPO, env=child_env())
-    rec = {"run": name, "command": " ".join(cmd), "wall_s": time.time() - t0,
+    rec = {"run": name, "command": command_line(cmd), "wall_s": time.time() - t0,
            "loadavg_start": load0, "loadavg_end": os.getloadavg(), "finished_utc": now_utc()}
     record.write_text(json.dumps(rec, indent=1) + "\n")
     print(f"{name}: {rec['wall_s']:.0f} s", flush=True)
@@ -240,8 +240,7 @@ def report(a: argparse.Namespace) -> dict:
         f = a.out / f"scores_{name}.npz"
         if not f.exists():
             if name in earlier:   # analysed by an earlier report; its per-token scores were not kept (10 MB)
-                runs[name] = dict(earlier[name], analysed_from=earlier[name].get("analysed_from", "scores (this run)")
-                                  .replace("scores (this run)", "an earlier report's results.json"))
+                runs[name] = dict(earlier[name], analysed_from="an earlier report's results.json")
             else:
                 missing.append(name)
             continue

@@ -59,3 +59,11 @@ def test_full_scale_smoke(tmp_path):
     assert "launch/tpu_pod.sh" in md and "launch/slurm_gpu.sbatch" in md
     assert res["info"]["mosaic"]["params"] == 123_588_336 and res["info"]["gpt2"]["params"] == 123_980_544
     assert res["info"]["mosaic"]["tokens"] == 80_000 * 512 * 512
+
+
+def test_recorded_commands_name_no_path_of_this_machine():
+    """Results files are committed: a recorded command must run from a fresh clone elsewhere."""
+    util = _driver("_util")
+    cmd = util.command_line([sys.executable, "-m", "mosaic_jax.train", f"--workdir={util.REPO / 'runs' / 'x'}",
+                             f"--text={util.SHARED / 'data' / 'a.txt'}"])
+    assert cmd == "python -m mosaic_jax.train --workdir=runs/x --text=../shared/data/a.txt"
