@@ -55,7 +55,7 @@ def load_config(path: pathlib.Path):
 
 def model_config(c):
     from mosaic_jax.models.config import ModelConfig
-    d = dict(c.model)
+    d = {**c.model, **c.impl}   # the family's fields and the switches (dtype, remat) the memory figures depend on
     d["vocab_size"] = VOCAB
     return ModelConfig.from_dict(d)
 
@@ -145,10 +145,10 @@ microbatches and rematerialise; check the fit first with `python -m mosaic_jax.t
 ```bash
 sbatch launch/slurm_gpu.sbatch -- --config=babistories_mm --workdir=/shared/runs/bs_mm \\
     --config.data.path=/shared/data/babistories_gpt2 --config.mesh.fsdp=8 \\
-    --config.train.microbatches=4 --config.model.remat=full
+    --config.train.microbatches=4 --config.impl.remat=full
 sbatch launch/slurm_gpu.sbatch -- --config=babistories_gpt2 --workdir=/shared/runs/bs_gpt2 \\
     --config.data.path=/shared/data/babistories_gpt2 --config.mesh.fsdp=8 \\
-    --config.train.microbatches=4 --config.model.remat=full
+    --config.train.microbatches=4 --config.impl.remat=full
 ```
 
 TPU v4-32 (16 chips on 4 hosts; the settings the AOT check in docs/scaling.md found to fit 32 GiB HBM):
@@ -157,11 +157,11 @@ TPU v4-32 (16 chips on 4 hosts; the settings the AOT check in docs/scaling.md fo
 launch/tpu_pod.sh --name=mm-v4 --zone=us-central2-b --accelerator-type=v4-32 -- \\
     --config=babistories_mm --workdir=/mnt/shared/runs/bs_mm \\
     --config.data.path=/mnt/shared/data/babistories_gpt2 \\
-    --config.mesh.fsdp=16 --config.train.microbatches=16 --config.model.remat=full
+    --config.mesh.fsdp=16 --config.train.microbatches=16 --config.impl.remat=full
 launch/tpu_pod.sh --name=mm-v4 --zone=us-central2-b --skip-setup -- \\
     --config=babistories_gpt2 --workdir=/mnt/shared/runs/bs_gpt2 \\
     --config.data.path=/mnt/shared/data/babistories_gpt2 \\
-    --config.mesh.fsdp=16 --config.train.microbatches=16 --config.model.remat=full
+    --config.mesh.fsdp=16 --config.train.microbatches=16 --config.impl.remat=full
 ```
 
 Depth sweep for Fig. 7 (depths 1, 8, 12, 18; one run folder each): add `--config.model.n_layer=N` and a workdir

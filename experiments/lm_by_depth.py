@@ -284,10 +284,10 @@ def param_count(workdir: pathlib.Path) -> int:
     import jax
 
     from mosaic_jax.models import lm as M
-    from mosaic_jax.models.config import ModelConfig
+    from mosaic_jax.training import run_config
 
-    cfg = json.loads((workdir / "config.json").read_text())["model"]
-    mc = ModelConfig.from_dict(cfg)
+    run = json.loads((workdir / "config.json").read_text())
+    cfg, mc = run["model"], run_config.model_of(run)
     if cfg.get("vocab_size", 0) <= 0:
         raise ValueError(f"{workdir}/config.json: unresolved vocab_size")
     shapes = jax.eval_shape(lambda: M.init_params(mc, jax.random.key(0)))

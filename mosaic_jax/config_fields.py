@@ -31,9 +31,11 @@ class FieldInfo:
 
 
 def describe(cls: type) -> list[FieldInfo]:
-    """The fields of dataclass `cls` in declaration order, with their resolved types."""
+    """The fields of dataclass `cls` in declaration order, with their resolved types (a nested section, such as
+    ModelConfig's `impl`, is its own config section and not listed)."""
     hints = typing.get_type_hints(cls)
-    return [FieldInfo(f.name, hints[f.name], f.default, f.metadata.get("help", "")) for f in dataclasses.fields(cls)]
+    return [FieldInfo(f.name, hints[f.name], f.default, f.metadata.get("help", "")) for f in dataclasses.fields(cls)
+            if not f.metadata.get("nested")]
 
 
 def check_type(value: Any, typ: type, where: str) -> Any:

@@ -47,7 +47,8 @@ def _read_json(path: pathlib.Path) -> dict[str, Any]:
 
 
 def _model_config(d: dict[str, Any]) -> ModelConfig:
-    return ModelConfig.from_dict(d.get("model", d))   # a full run config or a bare model config
+    from mosaic_jax.training import run_config
+    return run_config.model_of(d)   # a full run config or a bare model config
 
 
 def _restore_params(path: pathlib.Path, cfg: ModelConfig, in_state: bool) -> Any:

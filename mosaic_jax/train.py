@@ -122,7 +122,8 @@ def _default_loop(r: _Run, su: Any, ckpt: Any, writer: Any, preempt: run_guard.S
     lp = loop.Loop(distributed.compile_then_align(su.train_step, "train step"))
     evaluation = hooks.EvalAndSample(
         writer, _say, eval_fn=distributed.compile_then_align(su.eval_step, "eval step"), source=r.val_src,
-        batches=t.eval_batches, mesh=r.mesh, cfg=cfg, tokenizer=tokenizers.load_tokenizer(r.data_local),
+        batches=t.eval_batches, mesh=r.mesh, cfg=r.rc.requested_model,   # sampling chooses for its own lengths
+        tokenizer=tokenizers.load_tokenizer(r.data_local),
         prompt=t.sample_prompt, sample_tokens=t.sample_tokens, temperature=t.sample_temperature)
     lp.add_hook(hooks.Profile(run_config.parse_profile_steps(t.profile_steps, t.steps), r.workdir))
     lp.add_hook(hooks.LogMetrics(writer, _say, lp.clock, log_every=t.log_every, total=t.steps,
@@ -146,7 +147,8 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     r = _validate(config, workdir)
     rc, mesh, wd = r.rc, r.mesh, r.workdir
     cfg, t, d = rc.model, rc.train, rc.data
-    su = setup.build(cfg, rc.optim, mesh, microbatches=t.microbatches, dropout=t.dropout)
+    su = setup.build(cfg, rc.optim, mesh, microbatches=t.microbatches, dropout=t.dropout,
+                     eval_cfg=rc.eval_model)
     # refuse a resume on another architecture, shape or tokenizer before creating or changing anything
     checkpoint.check_resume(r.ckpt_dir, rc.to_dict(), r.data_meta, su.abstract_state)
 
@@ -184,7 +186,7 @@ def train(config: Any, workdir: str) -> dict[str, Any]:
     if final == start or not t.eval_every:
         evaluation.run(final, res.state.params)   # nothing trained this time, or evaluation off: still show text
     if t.export_params:
-        path = checkpoint.export_params(wd / "export", res.state.params, cfg.to_dict())
+        path = checkpoint.export_params(wd / "export", res.state.params, rc.requested_model.to_dict())
         _say(f"exported params to {path}")
     ckpt.close()
     writer.close()

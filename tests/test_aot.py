@@ -90,9 +90,9 @@ def test_scaling_table_and_growth_exponents():
     cfg = ml_collections.ConfigDict({"model": {"arch": "mosaic", "block_size": 512, "cmem_impl": "auto",
                                                "pmem_impl": "auto"}, "data": {"seq_len": 0, "packing": False}})
     c = aot_scaling.with_path(cfg, 8192, "pallas")
-    assert (c.data.seq_len, c.model.block_size, c.model.cmem_impl, c.model.pmem_impl) == (8192, 8192, "pallas",
+    assert (c.data.seq_len, c.model.block_size, c.impl.cmem_impl, c.impl.pmem_impl) == (8192, 8192, "pallas",
                                                                                            "pallas")
-    assert "v2_impl" not in c.model and cfg.model.cmem_impl == "auto"     # the caller's config is untouched
+    assert "v2_impl" not in c.model and cfg.impl.cmem_impl == "auto"     # the caller's config is untouched
     with pytest.raises(ValueError, match="unknown path"):
         aot_scaling.with_path(cfg, 64, "cudnn")
     with pytest.raises(ValueError, match="seq_lens"):

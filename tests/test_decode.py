@@ -91,7 +91,7 @@ def random_tokens(cfg, B, T, seed=3):
     ("mosaic", 1, False, True), ("mosaic", 2, True, True), ("mosaic", 2, False, False),
     ("gpt2", 1, True, True)])
 def test_decoder_matches_full_forward(arch, K, bias, pre_ln):
-    cfg = mj.ModelConfig(arch=arch, k_kernel_size=K, bias=bias, pre_ln=pre_ln, **TINY)
+    cfg = mj.ModelConfig.from_dict(dict(arch=arch, k_kernel_size=K, bias=bias, pre_ln=pre_ln, **TINY))
     params = perturbed_params(cfg)
     tokens = random_tokens(cfg, 3, cfg.block_size)
     ref = full_forward(cfg, params, tokens)
@@ -147,7 +147,7 @@ def test_sliding_window_recompute_matches_cropped_forward():
 
 
 def test_gpt2_cache_cannot_exceed_block_size():
-    cfg = mj.ModelConfig(arch="gpt2", **TINY)
+    cfg = mj.ModelConfig.from_dict(dict(arch="gpt2", **TINY))
     with pytest.raises(ValueError, match="block_size"):
         decode.init_cache(cfg, 1, cfg.block_size + 1)
 
@@ -175,7 +175,7 @@ def test_read_bucket():
     assert decode.read_bucket(65, 4096) == 128
     assert decode.read_bucket(3000, 4096) == 4096
     assert decode.read_bucket(100, 80) == 80
-    mosaic, gpt2 = mj.ModelConfig(**TINY), mj.ModelConfig(arch="gpt2", **TINY)
+    mosaic, gpt2 = mj.ModelConfig(**TINY), mj.ModelConfig.from_dict(dict(arch="gpt2", **TINY))
     assert decode.read_len_for(mosaic, 64, 4096) == 64 and decode.read_len_for(gpt2, 64, 4096) == 128
 
 
@@ -190,7 +190,7 @@ def test_bench_decode_smoke(capsys):
 @pytest.mark.parametrize("arch", ["mosaic", "gpt2"])
 def test_smallest_read_len_is_exact(arch):
     """A step at position t reads slots < t (mosaic) or ≤ t (GPT-2): the tightest read_len still matches."""
-    cfg = mj.ModelConfig(arch=arch, **TINY)
+    cfg = mj.ModelConfig.from_dict(dict(arch=arch, **TINY))
     params = perturbed_params(cfg, seed=13)
     tokens = random_tokens(cfg, 1, 9)
     cache = decode.init_cache(cfg, 1, 16)

@@ -160,7 +160,7 @@ def test_head_cross_entropy_equals_dense(M: int, C: int, V: int, chunk: int) -> 
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("arch,tied", [("mosaic", True), ("mosaic", False), ("gpt2", True)])
 def test_model_loss_and_grads_fast_equal_plain(arch: str, tied: bool) -> None:
-    cfg = ModelConfig(arch=arch, weight_tying=tied, **TINY)
+    cfg = ModelConfig.from_dict(dict(arch=arch, weight_tying=tied, **TINY))
     params = mj.init_params(cfg, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 24), 0, cfg.vocab_size)
     targets = jnp.roll(tokens, -1, 1).at[0, :3].set(-1)

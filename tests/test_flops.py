@@ -38,8 +38,8 @@ def test_formula_vs_xla_cost_analysis(arch):
     associative scan (its T×T matrix form adds hardware FLOPs the model-FLOP convention leaves out).
     """
     T, B = 128, 2
-    cfg = ModelConfig(arch=arch, n_layer=2, n_embd=256, n_head=4, pmem_size=512, vocab_size=512, block_size=T,
-                      scan_layers=False, leaky_impl="scan", ic_dropout=0.0, hd_dropout=0.0)
+    cfg = ModelConfig.from_dict(dict(arch=arch, n_layer=2, n_embd=256, n_head=4, pmem_size=512, vocab_size=512, block_size=T,
+                      scan_layers=False, leaky_impl="scan", ic_dropout=0.0, hd_dropout=0.0))
     params = jax.eval_shape(lambda: lm.init_params(cfg, jax.random.PRNGKey(0)))
     tokens = jax.ShapeDtypeStruct((B, T), jnp.int32)
     loss = lambda p, x: lm.loss_fn(cfg, p, x, x)  # noqa: E731

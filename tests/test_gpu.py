@@ -78,8 +78,8 @@ def test_gpt2_attention_cudnn_matches_einsum() -> None:
 @pytest.mark.parametrize("arch", ["mosaic", "gpt2"])
 def test_model_auto_equals_plain_in_float32_on_gpu(arch: str) -> None:
     """float32 on GPU: `auto` picks the flash forms (XLA's implementation for f32) and must equal the dense model."""
-    cfg = ModelConfig(arch=arch, vocab_size=512, n_layer=2, n_embd=128, n_head=4, pmem_size=448, block_size=128,
-                      ic_dropout=0.0, hd_dropout=0.0)
+    cfg = ModelConfig.from_dict(dict(arch=arch, vocab_size=512, n_layer=2, n_embd=128, n_head=4, pmem_size=448, block_size=128,
+                      ic_dropout=0.0, hd_dropout=0.0))
     plain = cfg.replace(cmem_impl="dense", pmem_impl="dense", loss_impl="dense", proj_impl="dense")
     params = mj.init_params(cfg, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 128), 0, cfg.vocab_size)

@@ -64,7 +64,7 @@ def sp_model(data_dir, tmp_path_factory):
 
 
 def _tiny_workdir(root, arch):
-    cfg = ModelConfig(vocab_size=416, n_layer=2, n_head=2, n_embd=16, block_size=32, pmem_size=8, **ARCHS[arch])
+    cfg = ModelConfig.from_dict(dict(vocab_size=416, n_layer=2, n_head=2, n_embd=16, block_size=32, pmem_size=8, **ARCHS[arch]))
     params = random_params(cfg)
     checkpoint.export_params(root / "export", params, cfg.to_dict())
     return cfg, params

@@ -26,7 +26,7 @@ def test_golden_logits_and_loss(golden_dir: pathlib.Path, name: str) -> None:
 @pytest.mark.parametrize("arch", ["mosaic", "gpt2"])
 @pytest.mark.parametrize("k_kernel_size", [1, 3])
 def test_causality(arch: str, k_kernel_size: int) -> None:
-    cfg = ModelConfig(arch=arch, k_kernel_size=k_kernel_size, **TINY)
+    cfg = ModelConfig.from_dict(dict(arch=arch, k_kernel_size=k_kernel_size, **TINY))
     params = mj.init_params(cfg, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 20), 0, cfg.vocab_size)
     f = jax.jit(lambda x: mj.apply(cfg, params, x))
@@ -129,7 +129,7 @@ def test_initialisation_follows_the_reference() -> None:
 
 def test_param_axes_name_every_dimension() -> None:
     for arch in ("mosaic", "gpt2"):
-        cfg = ModelConfig(arch=arch, bias=True, **TINY)
+        cfg = ModelConfig.from_dict(dict(arch=arch, bias=True, **TINY))
         params = mj.init_params(cfg, jax.random.key(0))
         axes = mj.param_axes(cfg)
         flat_p = jax.tree.leaves(params)
@@ -144,7 +144,7 @@ def test_long_sequences_beyond_block_size_run_for_the_mosaic_only() -> None:
     params = mj.init_params(cfg, jax.random.key(0))
     long = jax.jit(lambda p, x: mj.apply(cfg, p, x))(params, jnp.zeros((1, 3 * cfg.block_size), jnp.int32))
     assert long.shape == (1, 96, 96) and bool(jnp.all(jnp.isfinite(long)))
-    g = ModelConfig(arch="gpt2", **TINY)
+    g = ModelConfig.from_dict(dict(arch="gpt2", **TINY))
     with pytest.raises(ValueError, match="block_size"):
         mj.apply(g, mj.init_params(g, jax.random.key(0)), jnp.zeros((1, 33), jnp.int32))
 

@@ -44,8 +44,8 @@ def _parse(*args):
 
 def test_defaults_and_help_are_declared_once_in_the_dataclasses():
     base = run_config.base_config()
-    assert sorted(s.name for s in sections.SECTIONS) == sorted(base.keys())
-    for s in sections.SECTIONS:
+    assert sorted(s.name for s in sections.all_sections()) == sorted(base.keys())
+    for s in sections.all_sections():
         fields = s.fields()
         assert base[s.name].to_dict() == {f.name: f.default for f in fields}
         for f in fields:
@@ -63,7 +63,8 @@ def test_typed_sections_equal_the_configdict_values():
     assert dataclasses.asdict(rc.data) == c.data.to_dict()
     assert dataclasses.asdict(rc.mesh) == c.mesh.to_dict()
     assert {**dataclasses.asdict(rc.train), **dataclasses.asdict(rc.optim)} == c.train.to_dict()
-    assert rc.model.to_dict() == {k: v for k, v in c.model.to_dict().items() if k != "vocab_multiple"}
+    assert rc.model.model_dict() == {k: v for k, v in c.model.to_dict().items() if k != "vocab_multiple"}
+    assert dataclasses.asdict(rc.model.impl) == c.impl.to_dict()
     # the derived fields are filled in the typed sections too
     assert (rc.train.steps, rc.train.eval_batch_size, rc.optim.decay_steps, rc.data.seq_len, rc.mesh.fsdp,
             rc.model.vocab_size) == (50, 8, 50, rc.model.block_size, 4, 320)
@@ -141,9 +142,9 @@ def test_resolved_impl_is_what_the_ops_choose(backend):
 
 
 def test_an_impossible_explicit_choice_fails_at_resolve_time():
-    with pytest.raises(run_config.ConfigError, match=r"^model\.cmem_impl='flash'.*no dropout"):
-        run_config.resolve(_config(**{"model.cmem_impl": "flash", "model.ic_dropout": 0.1}), 260)
-    rc = run_config.resolve(_config(**{"model.cmem_impl": "flash", "model.ic_dropout": 0.1, "train.dropout": False}),
+    with pytest.raises(run_config.ConfigError, match=r"^impl\.cmem_impl='flash'.*no dropout"):
+        run_config.resolve(_config(**{"impl.cmem_impl": "flash", "model.ic_dropout": 0.1}), 260)
+    rc = run_config.resolve(_config(**{"impl.cmem_impl": "flash", "model.ic_dropout": 0.1, "train.dropout": False}),
                             260)
     assert rc.impl["train"]["cmem_impl"] == "flash"
 
@@ -168,9 +169,11 @@ def test_print_config_without_data_path_says_vocab_is_unresolved(capsys):
 def test_help_lists_every_config_field_with_type_and_default(capsys):
     assert train.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for s in sections.SECTIONS:
+    owners = sections.owners()   # a family's own model field is tagged with its family: "[mosaic_v2] "
+    for s in sections.all_sections():
         for f in s.fields():
-            line = f"--config.{s.name}.{f.name} ({f.type.__name__}, default {f.default!r}): {f.help}"
+            tag = f"[{', '.join(owners[f.name])}] " if s.name == "model" and f.name in owners else ""
+            line = f"--config.{s.name}.{f.name} ({f.type.__name__}, default {f.default!r}): {tag}{f.help}"
             assert line in out
     assert len(describe(sections.TrainConfig)) + len(describe(sections.OptimConfig)) == len(
         [ln for ln in out.splitlines() if ln.strip().startswith("--config.train.")])

@@ -50,7 +50,7 @@ def test_resolve_fills_derived_fields_and_names_bad_ones():
     assert c.model.vocab_size == 0   # the caller's config is not modified
     bad = [({"train.microbatches": 3}, "train.microbatches=3"), ({"train.global_batch": 6}, "train.global_batch=6"),
            ({"model.vocab_size": 100}, "model.vocab_size=100"), ({"data.path": ""}, "data.path"),
-           ({"model.leaky_impl": "fast"}, "model.leaky_impl"), ({"train.lr": -1.0}, "train.lr")]
+           ({"impl.leaky_impl": "fast"}, "impl.leaky_impl"), ({"train.lr": -1.0}, "train.lr")]
     for change, msg in bad:
         (section, field), value = next(iter(change.items()))[0].split("."), next(iter(change.values()))
         c2 = run_config.base_config()

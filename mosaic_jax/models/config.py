@@ -1,14 +1,25 @@
-"""Model configuration: one frozen (hashable) dataclass shared by every model family (models/registry.py).
+"""Model configuration: the shared fields, the family's own section and the implementation switches.
+
+`ModelConfig` is one frozen (hashable) dataclass, the static argument of every jitted model function. It has three
+parts, each a typed section of the training config:
+
+* the fields every family reads (`arch`, sizes, dropouts, ...), declared below;
+* `fields`: the family's own section, the dataclass its `Family.fields` names (models/registry.py): the v1
+  mosaic's `MosaicFields` (persistent-memory slots, kernel sizes), v2's `V2Fields` (short/long-term memories),
+  none for GPT-2, or a plug-in's own;
+* `impl`: `ImplConfig`, how to compute (dtype, kernels, scan, remat); "auto" is turned into a choice by the rules in
+  ops/dispatch.py, once per training run (`run_config.resolve`).
+
+Every field reads flat (`cfg.pmem_size`, `cfg.cmem_impl`) and the constructor, `replace`, `to_dict` and
+`from_dict` take flat names, so a reference checkpoint's `model_args` maps onto a config without renaming (the
+field names follow the official PyTorch reference). A name the family does not have is refused in one line.
 
 The defaults are the paper's 12-layer BabiStories memory mosaic (`ModelConfig()`; `arch="gpt2"` for its baseline).
-
-Field names follow the official PyTorch reference (`model_args` in its checkpoints), so a reference
-checkpoint maps onto a config without renaming.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from mosaic_jax.config_fields import field
 
@@ -16,6 +27,41 @@ Arch = str   # a registered family: "mosaic", "gpt2", "mosaic_v2", or a plug-in'
 
 
 @dataclasses.dataclass(frozen=True)
+class NoFields:
+    """The section of a family without fields of its own (GPT-2)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImplConfig:
+    """Implementation choices: they do not change the function computed (dtype: up to rounding)."""
+    dtype: str = field("float32", "compute dtype; params stay float32, softmax and logits float32")
+    leaky_impl: str = field("auto", 'leaky key average: "matrix" | "scan" | "chunked" | "auto"')
+    cmem_impl: str = field("auto", 'contextual read: "dense" | "flash" | "fused" | "pallas" | "auto"')
+    pmem_impl: str = field("auto", 'persistent read: "dense" | "flash" | "fused" | "pallas" | "auto"')
+    loss_impl: str = field("auto", 'tied head + cross-entropy: "dense" | "fused" | "auto" (lm.loss_sum)')
+    proj_impl: str = field("auto", 'projections: "dense" (einsum) | "fused" (dense_vjp.matmul) | "auto"')
+    v2_impl: str = field("auto", 'v2 retrieval: "dense" | "flash" | "blockwise" | "pallas" | "auto"')
+    v2_key_impl: str = field("auto", 'v2 gated key recurrence: "scan" | "matrix" | "auto"')
+    scan_layers: bool = field(True, "lax.scan over stacked layers (fast compile) or an unrolled loop")
+    remat: str = field("none", '"none" | "full" | "dots" (jax.checkpoint policy per block)')
+
+    ALLOWED: ClassVar[Mapping[str, tuple[str, ...]]] = {"dtype": ("float32", "bfloat16", "float16"), "leaky_impl": ("auto", "matrix", "scan", "chunked"),
+               "cmem_impl": ("auto", "dense", "flash", "fused", "pallas"),
+               "pmem_impl": ("auto", "dense", "flash", "fused", "pallas"), "loss_impl": ("auto", "dense", "fused"),
+               "proj_impl": ("auto", "dense", "fused"), "v2_impl": ("auto", "dense", "flash", "blockwise", "pallas"),
+               "v2_key_impl": ("auto", "scan", "matrix"), "remat": ("none", "full", "dots")}
+
+    def __post_init__(self) -> None:
+        for name, allowed in self.ALLOWED.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"impl.{name}={getattr(self, name)!r} not in {allowed}")
+
+
+def _nested(help: str) -> Any:   # noqa: A002 - a section inside ModelConfig, filled by its __init__
+    return dataclasses.field(default=None, metadata={"help": help, "nested": True})
+
+
+@dataclasses.dataclass(frozen=True, init=False)
 class ModelConfig:
     arch: Arch = field("mosaic", "model family: mosaic, gpt2, mosaic_v2, or a plug-in's registered name")
     family_module: str = field("", "module that registers a plug-in family `arch` (imported on first use)")
@@ -24,74 +70,53 @@ class ModelConfig:
     n_head: int = field(12, "heads per memory (attention heads for gpt2)")
     n_embd: int = field(768, "model width C")
     block_size: int = field(512, "training window; the memory mosaic itself has no position limit")
-    pmem_size: int = field(2688, "P: persistent-memory slots per head (3.5 C matches GPT-2's MLP)")
-    pmem_count: int = field(1, "number of slot tables averaged per head")
-    v_shift: int = field(1, "value look-ahead (only 1 is supported, as in the paper)")
-    k_kernel_size: int = field(1, "key feature conv width, left padded")
-    v_kernel_size: int = field(2, "value feature kernel (`lowrlinearconv` needs 2)")
-    ic_dropout: float = field(0.05, "dropout on memory read weights (C-mem and P-mem)")
+    ic_dropout: float = field(0.05, "dropout on memory read weights (C-mem and P-mem; attention for gpt2)")
     hd_dropout: float = field(0.05, "dropout on each residual branch output")
     bias: bool = field(False, "biases in projections and LayerNorms")
-    pre_ln: bool = field(True, "LayerNorm before each branch (pre-LN) rather than after")
     weight_tying: bool = field(True, "the output head is the token table")
-    # --- implementation choices (do not change the function computed); "auto" is resolved by the rules in
-    # ops/dispatch.py, and a training run records what they chose (config.json, `resolved_impl`) ---
-    dtype: str = field("float32", "compute dtype; params stay float32, softmax and logits float32")
-    leaky_impl: str = field("auto", 'leaky key average: "matrix" | "scan" | "chunked" | "auto"')
-    cmem_impl: str = field("auto", 'contextual read: "dense" | "flash" | "fused" | "pallas" | "auto"')
-    pmem_impl: str = field("auto", 'persistent read: "dense" | "flash" | "fused" | "pallas" | "auto"')
-    loss_impl: str = field("auto", 'tied head + cross-entropy: "dense" | "fused" | "auto" (lm.loss_sum)')
-    proj_impl: str = field("auto", 'projections: "dense" (einsum) | "fused" (dense_vjp.matmul) | "auto"')
-    scan_layers: bool = field(True, "lax.scan over stacked layers (fast compile) or an unrolled loop")
-    remat: str = field("none", '"none" | "full" | "dots" (jax.checkpoint policy per block)')
-    # --- Memory Mosaics v2 (arch="mosaic_v2", spec §5, docs/v2.md); ignored by the other architectures ---
-    n_head_short: int = field(-1, "short-term memory heads of size head_dim (-1: n_head; 0: no short-term memory)")
-    n_head_long: int = field(-1, "long-term memory heads (-1: n_head; 0: no long-term memory)")
-    short_window: int = field(256, "h: the short-term memory reads the pairs t-h+1 .. t-1")
-    short_oldest: str = field("t-h+1", 'oldest short-term pair: "t-h+1" (v2 main text) or "t-h" (v2 appendix Fig. 11)')
-    long_skip_min: int = field(64, "training: the long-term memory reads pairs 1 .. t-m, m ~ U{min..max}")
-    long_skip_max: int = field(256, "upper end of m (m is drawn per sequence from the 'dropout' rng stream)")
-    long_skip_eval: int = field(64, "m in eval mode (no rng) and at inference")
-    ffn_hidden: int = field(0, "SwiGLU (persistent memory) hidden size d' (0: 3 * n_embd)")
-    doc_masking: bool = field(True, "honour segment ids: document-wise masks and key-state reset at doc starts")
-    v2_impl: str = field("auto", 'retrieval: "dense" | "flash" | "blockwise" | "pallas" | "auto" (memory_v2.retrieve)')
-    v2_key_impl: str = field("auto", 'gated key recurrence: "scan" | "matrix" | "auto"')
+    fields: Any = _nested("the family's own section (Family.fields)")
+    impl: Any = _nested("implementation switches (ImplConfig)")
 
-    def __post_init__(self) -> None:
+    def __init__(self, **kwargs: Any) -> None:
+        """Flat keyword arguments (any field of the three parts), or `fields=` / `impl=` section objects that the
+        flat ones then override (what `dataclasses.replace` passes)."""
         from mosaic_jax.models import registry   # here: the families import this module
-        registry.of(self).validate(self)
+        for f in common_fields():
+            object.__setattr__(self, f.name, kwargs.pop(f.name, f.default))
+        family = registry.of(self)
+        section = family.fields
+        base, impl = kwargs.pop("fields", None), kwargs.pop("impl", None)
+        own = {f.name for f in dataclasses.fields(section)}
+        # A section object of another family (after replace(arch=...)) gives only the fields the new one has too.
+        carried = {k: v for k, v in _as_dict(base).items() if k in own}
+        fam_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in own}
+        impl_names = {f.name for f in dataclasses.fields(ImplConfig)}
+        impl_kw = {**_as_dict(impl), **{k: kwargs.pop(k) for k in list(kwargs) if k in impl_names}}
+        if kwargs:
+            raise ValueError(f"ModelConfig.{sorted(kwargs)[0]}: not a field of arch={self.arch!r} (its own fields: "
+                             f"{sorted(own) or 'none'}; shared: {[f.name for f in common_fields()]})")
+        object.__setattr__(self, "fields", section(**{**carried, **fam_kw}))
+        object.__setattr__(self, "impl", ImplConfig(**impl_kw))
+        family.validate(self)
         if self.n_embd % self.n_head:
             raise ValueError(f"ModelConfig.n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        for name, allowed in (("leaky_impl", ("auto", "matrix", "scan", "chunked")),
-                              ("cmem_impl", ("auto", "dense", "flash", "fused", "pallas")),
-                              ("pmem_impl", ("auto", "dense", "flash", "fused", "pallas")),
-                              ("loss_impl", ("auto", "dense", "fused")),
-                              ("proj_impl", ("auto", "dense", "fused")),
-                              ("remat", ("none", "full", "dots")),
-                              ("dtype", ("float32", "bfloat16", "float16"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r} not in {allowed}")
+
+    def __getattr__(self, name: str) -> Any:
+        """A field of the family's section or of `impl`, or a size the section derives (`DERIVED`)."""
+        parts = [self.__dict__.get("fields"), self.__dict__.get("impl")]
+        if name.startswith("__") or parts[0] is None:
+            raise AttributeError(name)
+        for part in parts:
+            if name in getattr(type(part), "__dataclass_fields__", {}):
+                return getattr(part, name)
+        derived = getattr(type(parts[0]), "DERIVED", {})
+        if name in derived:
+            return derived[name](self)
+        raise AttributeError(f"ModelConfig(arch={self.arch!r}) has no field {name!r}")
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
-
-    @property
-    def short_heads(self) -> int:
-        return self.n_head if self.n_head_short == -1 else self.n_head_short
-
-    @property
-    def long_heads(self) -> int:
-        return self.n_head if self.n_head_long == -1 else self.n_head_long
-
-    @property
-    def short_lookback(self) -> int:
-        """Pairs the v2 short-term memory holds: h-1 (pairs t-h+1..t-1) or h (pairs t-h..t-1)."""
-        return self.short_window - 1 if self.short_oldest == "t-h+1" else self.short_window
-
-    @property
-    def ffn_dim(self) -> int:
-        return self.ffn_hidden or 3 * self.n_embd
 
     @property
     def logit_divisor(self) -> float:
@@ -103,14 +128,31 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Flat: the shared fields, then the family's, then the implementation switches."""
+        return {**{f.name: getattr(self, f.name) for f in common_fields()}, **_as_dict(self.fields),
+                **_as_dict(self.impl)}
+
+    def model_dict(self) -> dict[str, Any]:
+        """The `model` section of a run config: the shared fields and the family's (no implementation switches)."""
+        return {**{f.name: getattr(self, f.name) for f in common_fields()}, **_as_dict(self.fields)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, strict: bool = False) -> "ModelConfig":
-        """Build from a dict; unknown keys raise when `strict`, else are ignored (reference model_args)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if strict and unknown:
-            raise ValueError(f"unknown ModelConfig fields: {unknown}")
+        """Build from a flat dict; keys that are not fields of the family raise when `strict`, else are ignored
+        (reference model_args, or a config written when every family's fields were in one class)."""
+        if strict:
+            return cls(**d)
+        from mosaic_jax.models import registry
+        family = registry.get(d.get("arch", "mosaic"), d.get("family_module", ""))
+        names = ({f.name for f in common_fields()} | {f.name for f in dataclasses.fields(family.fields)}
+                 | {f.name for f in dataclasses.fields(ImplConfig)})
         return cls(**{k: v for k, v in d.items() if k in names})
 
+
+def common_fields() -> list[dataclasses.Field]:
+    """The fields every family has (ModelConfig's own, without the two nested sections)."""
+    return [f for f in dataclasses.fields(ModelConfig) if not f.metadata.get("nested")]
+
+
+def _as_dict(section: Any) -> dict[str, Any]:
+    return {} if section is None else {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}

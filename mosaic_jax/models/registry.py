@@ -16,6 +16,8 @@ import importlib
 import importlib.metadata
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
+from mosaic_jax.models.config import NoFields
+
 if TYPE_CHECKING:   # annotations only: importing jax here would cost every CLI's --help ~1 s
     import jax
 
@@ -71,6 +73,9 @@ class Family:
     hf_export: how `export --format=hf` writes the model: "gpt2" (transformers' own GPT-2 classes), "remote"
         (hf/modeling_mosaic.py shipped as remote code), "" (not exportable).
     baseline: the family `bench` sets this one against at equal FLOPs (its `vs_<baseline>` ratio), "" for none.
+    fields: the family's own `model.*` section, a frozen dataclass of typed fields with defaults and help
+        (`config_fields.field`), kept in a JAX-free module of the family's folder; its class attribute `DERIVED`
+        may name sizes computed from the whole config (read as `cfg.<name>`). NoFields: none of its own.
     impl_switches: the ModelConfig implementation switches the family reads (ops/dispatch.SWITCHES); a run's
         config.json records what each resolved to (`resolved_impl`). Every family reads `loss_impl` (models/lm.py).
     """
@@ -91,6 +96,7 @@ class Family:
     describe: Callable[[Any], dict[str, Any]] = lambda cfg: {}
     hf_export: str = ""
     baseline: str = ""
+    fields: type = NoFields
     impl_switches: tuple[str, ...] = ("loss_impl",)
 
 
@@ -141,6 +147,12 @@ def baseline_of(name: str) -> str:
         return get(name).baseline
     except ValueError:
         return ""
+
+
+def families() -> list[Family]:
+    """Every registered family (the built-ins and installed plug-ins, plus any imported since)."""
+    _load_builtins()
+    return [_FAMILIES[n] for n in sorted(_FAMILIES)]
 
 
 def names() -> list[str]:

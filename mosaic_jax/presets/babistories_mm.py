@@ -12,8 +12,8 @@ from mosaic_jax.training.run_config import base_config
 def get_config():
     c = base_config()
     c.model.update(arch="mosaic", n_layer=12, n_embd=768, n_head=12, pmem_size=2688, block_size=512,
-                   ic_dropout=0.05, hd_dropout=0.05, vocab_size=0, vocab_multiple=64,   # 50257 -> 50304
-                   dtype="bfloat16", remat="none", scan_layers=True)
+                   ic_dropout=0.05, hd_dropout=0.05, vocab_size=0, vocab_multiple=64)   # 50257 -> 50304
+    c.impl.update(dtype="bfloat16", remat="none", scan_layers=True)
     c.data.path = "data/babistories_gpt2"
     c.train.update(steps=80_000, global_batch=512, microbatches=1, seed=1337,
                    lr=5e-3, min_lr=1e-4, warmup_steps=2000, decay_steps=80_000,

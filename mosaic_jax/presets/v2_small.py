@@ -16,8 +16,8 @@ def get_config():
     c.model.update(arch="mosaic_v2", n_layer=24, n_embd=2048, n_head=16, n_head_short=-1, n_head_long=-1,
                    ffn_hidden=6144, block_size=4096, vocab_size=128256, vocab_multiple=64, weight_tying=False,
                    short_window=256, short_oldest="t-h+1", long_skip_min=64, long_skip_max=256, long_skip_eval=64,
-                   doc_masking=True, ic_dropout=0.0, hd_dropout=0.0, bias=False,
-                   dtype="bfloat16", remat="full", scan_layers=True, v2_impl="auto")
+                   doc_masking=True, ic_dropout=0.0, hd_dropout=0.0, bias=False)
+    c.impl.update(dtype="bfloat16", remat="full", scan_layers=True, v2_impl="auto")
     c.data.update(path="data/v2_pretrain", seq_len=4096, packing=True)
     c.train.update(steps=47_684, global_batch=1024, microbatches=1, seed=0,
                    lr=3e-4, min_lr=3e-6, warmup_steps=2000, decay_steps=47_684,

@@ -164,7 +164,8 @@ def analyze(config: Any, mesh_shape: tuple[int, int, int], devices: Sequence[Any
         raise AotError(str(e)) from None
     rc = run_config.resolve(config, vocab_size, sharding.data_parallel_size(mesh), 1)
     cfg, t, d = rc.model, rc.train, rc.data
-    su = setup.build(cfg, rc.optim, mesh, microbatches=t.microbatches, dropout=t.dropout)
+    su = setup.build(cfg, rc.optim, mesh, microbatches=t.microbatches, dropout=t.dropout,
+                     eval_cfg=rc.eval_model)
     state = su.abstract_state
     rows_sh = sharding.batch_sharding(mesh)
     keys = ("inputs", "targets", "segment_ids") if d.packing else ("inputs", "targets")
@@ -244,7 +245,7 @@ def format_report(r: dict[str, Any]) -> str:
                      "an estimate (GPU/TPU compilers fuse and rematerialise differently)")
     if r["compile_error"]:
         lines.append(f"the compiler refused the program (it cannot fit): {r['compile_error']}")
-        lines.append("try: more train.microbatches, --config.model.remat=full or dots, a larger mesh.fsdp")
+        lines.append("try: more train.microbatches, --config.impl.remat=full or dots, a larger mesh.fsdp")
     used = b["peak_estimate"] / GIB
     verdict = "fits" if r["fits"] else "DOES NOT FIT"
     if r["device_memory_gib"]:

@@ -39,9 +39,7 @@ def with_path(config: Any, seq_len: int, impl: str) -> Any:
     c = ml_collections.ConfigDict(config.to_dict())
     c.data.seq_len = seq_len
     c.model.block_size = seq_len
-    for field, value in IMPLS[impl].items():
-        if field in c.model:        # a family ignores the switches it does not read (v2_impl outside v2)
-            c.model[field] = value
+    c.impl.update(IMPLS[impl])   # a family ignores the switches it does not read (v2_impl outside v2)
     return c
 
 

@@ -156,9 +156,9 @@ def _bench(rest: list[str]) -> int:
     if not all(x.isdigit() and int(x) > 0 for x in args.positions):
         raise cli_util.UsageError(f"--positions={','.join(args.positions)}: positive integers")
     positions = [int(x) for x in args.positions]
-    cfg = ModelConfig(arch=args.arch, n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
-                      pmem_size=args.pmem_size, vocab_size=args.vocab_size, block_size=args.block_size,
-                      dtype=args.dtype, ic_dropout=0.0, hd_dropout=0.0)
+    cfg = ModelConfig.from_dict(dict(   # from_dict: --pmem_size is left out for a family without persistent slots
+        arch=args.arch, n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head, pmem_size=args.pmem_size,
+        vocab_size=args.vocab_size, block_size=args.block_size, dtype=args.dtype, ic_dropout=0.0, hd_dropout=0.0))
     unbounded = registry.of(cfg).max_positions(cfg) is None
     if not unbounded:   # learned positions: the table must hold every decoded position
         cfg = cfg.replace(block_size=max(max(positions) + args.rounds * args.steps + 2, args.block_size))

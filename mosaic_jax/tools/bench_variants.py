@@ -52,8 +52,9 @@ def model_config(arch: str, size: str, seq: int, dtype: str, impl: str, dropout:
     """impl: "fast" (the config's defaults: every "auto" switch) or "plain" (all dense), optionally followed by
     config overrides "+field=value" (e.g. "fast+scan_layers=False+pmem_impl=dense")."""
     L, C, H, P, V = SIZES[size]
-    cfg = ModelConfig(arch=arch, family_module=family_module, n_layer=L, n_embd=C, n_head=H, pmem_size=P,
-                      vocab_size=V, block_size=seq, dtype=dtype, ic_dropout=dropout, hd_dropout=dropout, remat=remat)
+    cfg = ModelConfig.from_dict(dict(   # from_dict: pmem_size is left out for a family without persistent slots
+        arch=arch, family_module=family_module, n_layer=L, n_embd=C, n_head=H, pmem_size=P, vocab_size=V,
+        block_size=seq, dtype=dtype, ic_dropout=dropout, hd_dropout=dropout, remat=remat))
     base, *overrides = impl.split("+")
     if base not in ("fast", "plain"):
         raise ValueError(f"--impl {impl!r}: must start with 'fast' or 'plain'")

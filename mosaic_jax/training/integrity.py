@@ -24,6 +24,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -36,17 +37,16 @@ import numpy as np
 
 from mosaic_jax.io import storage
 from mosaic_jax.models import registry
-from mosaic_jax.models.config import ModelConfig
+from mosaic_jax.models.config import ImplConfig, ModelConfig
 
 ALGORITHM = "u32-weighted-sum-x2"
 _SEEDS = (0x9E3779B9, 0x7F4A7C15)
 
-# ModelConfig fields that define the function or the parameter shapes; the others are implementation choices
-# (dtype, *_impl, scan_layers, remat) or regularisation (dropouts), which a resume may change.
-MODEL_FIELDS = ("arch", "vocab_size", "n_layer", "n_head", "n_embd", "pmem_size", "pmem_count", "v_shift",
-                "k_kernel_size", "v_kernel_size", "bias", "pre_ln", "weight_tying", "n_head_short", "n_head_long",
-                "short_window", "short_oldest", "long_skip_min", "long_skip_max", "long_skip_eval", "ffn_hidden",
-                "doc_masking")
+# `model` fields a resume may change: regularisation, where the family is found, and block_size where the family
+# has no position table (checked below). Every other model field defines the function or the parameter shapes;
+# the `impl` section (dtype, kernels, scan, remat) may change too.
+RESUMABLE_MODEL_FIELDS = frozenset({"ic_dropout", "hd_dropout", "family_module", "block_size", "vocab_multiple"})
+IMPL_FIELDS = frozenset(f.name for f in dataclasses.fields(ImplConfig))   # in `model` in configs saved by earlier versions
 
 
 # ---- checksums ----------------------------------------------------------------------------------------------
@@ -191,8 +191,8 @@ def config_differences(saved: Mapping[str, Any], requested: Mapping[str, Any]) -
     """['model.n_layer: saved 4, requested 2', ...] for the fields a resume cannot change (resolved configs)."""
     out = []
     sm, rm = saved.get("model", {}), requested.get("model", {})
-    for name in MODEL_FIELDS:
-        if name in sm and name in rm and sm[name] != rm[name]:
+    for name in sorted(set(sm) & set(rm) - RESUMABLE_MODEL_FIELDS - IMPL_FIELDS):
+        if sm[name] != rm[name]:
             out.append(f"model.{name}: saved {sm[name]!r}, requested {rm[name]!r}")
     if sm.get("arch") == rm.get("arch") and sm.get("block_size") != rm.get("block_size") and _has_positions(rm):
         out.append(f"model.block_size: saved {sm.get('block_size')!r}, requested {rm.get('block_size')!r} "

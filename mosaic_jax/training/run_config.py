@@ -16,14 +16,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import ml_collections
 
-from mosaic_jax.config_fields import build, check_type
+from mosaic_jax.config_fields import build, check_type, describe
 from mosaic_jax.kernels import platform
 from mosaic_jax.models import registry
-from mosaic_jax.models.config import ModelConfig
+from mosaic_jax.models.config import ImplConfig, ModelConfig, common_fields
 from mosaic_jax.ops import dispatch
 from mosaic_jax.training import sections, trackers
 from mosaic_jax.training.sections import DataConfig, MeshConfig, OptimConfig, TrainConfig
@@ -33,25 +33,36 @@ class ConfigError(ValueError):
     """A bad configuration value; the message is one line naming the field."""
 
 
-def base_config() -> ml_collections.ConfigDict:
-    """The locked ConfigDict of every section's command-line defaults (training/sections.SECTIONS)."""
+def base_config(family_module: str = "") -> ml_collections.ConfigDict:
+    """The locked ConfigDict of every section's command-line defaults (training/sections.all_sections): the
+    `model` section has every registered family's fields (a plug-in's too when its `family_module` is given, as
+    a preset for it does)."""
     c = ml_collections.ConfigDict()
-    for section in sections.SECTIONS:
+    for section in sections.all_sections(family_module):
         c[section.name] = ml_collections.ConfigDict(section.defaults())
+    if family_module:
+        c.model.family_module = family_module
     c.lock()
     return c
 
 
 @dataclasses.dataclass(frozen=True)
 class Resolved:
-    """The validated config: the typed sections, the resolved implementation switches and the ConfigDict."""
+    """The validated config: the typed sections, the resolved implementation switches and the ConfigDict.
+
+    `model` is what the training step runs: every "auto" implementation switch of the family replaced by the
+    choice of ops/dispatch.py for this backend, sequence length and dropout; `eval_model` the same for the
+    evaluation step (no dropout); `requested_model` keeps the switches as asked, for what outlives the run
+    (exports, decoding at other lengths), which choose again where they run."""
     model: ModelConfig
+    eval_model: ModelConfig
+    requested_model: ModelConfig
     optim: OptimConfig
     cfg: ml_collections.ConfigDict
     data: DataConfig
     train: TrainConfig
     mesh: MeshConfig
-    impl: dict[str, Any]   # {"backend", "seq_len", "train": {switch: impl}, "eval": {...}} (resolve_impl)
+    impl: dict[str, Any]   # {"backend", "seq_len", "requested", "train": {switch: impl}, "eval"} (resolve_impl)
 
     def to_dict(self) -> dict[str, Any]:
         """The run's config.json: the resolved ConfigDict plus `resolved_impl`."""
@@ -85,7 +96,7 @@ def parse_profile_steps(spec: str, steps: int) -> Optional[tuple[int, int]]:
 def _checked(raw: dict[str, Any]) -> dict[str, Any]:
     """`raw` (a config as plain dicts) with every section present, no unknown field and each value of its field's
     type (an int given for a float becomes a float). Raises ConfigError naming the field."""
-    for section in sections.SECTIONS:
+    for section in sections.all_sections(str(raw.get("model", {}).get("family_module", ""))):
         _require(section.name in raw, section.name, None, "missing config section")
         known = {f.name: f for f in section.fields()}
         for name in raw[section.name]:
@@ -111,8 +122,33 @@ def resolve_impl(model_cfg: ModelConfig, backend: str, seq_len: int, *, dropout:
         evaluation = dispatch.resolve_impl(model_cfg, backend, seq_len, dropout=False, documents=documents,
                                            switches=switches)
     except ValueError as e:
-        raise ConfigError(str(e)) from None
-    return {"backend": backend, "seq_len": seq_len, "train": train, "eval": evaluation}
+        raise ConfigError(str(e).replace("model.", "impl.")) from None
+    return {"backend": backend, "seq_len": seq_len, "requested": dataclasses.asdict(model_cfg.impl),
+            "train": train, "eval": evaluation}
+
+
+def model_of(run: Mapping[str, Any]) -> ModelConfig:
+    """The ModelConfig to load a run's parameters with, from its config.json (or a bare flat model config, such
+    as an export's model_config.json): the `model` section and the implementation switches as the run asked for
+    them (`resolved_impl.requested`), so that decoding and evaluation choose again for their own backend and
+    lengths. A config.json of an earlier layout (switches inside `model`) reads the same."""
+    model = run.get("model", run)
+    requested = run.get("resolved_impl", {}).get("requested", {}) if "model" in run else {}
+    return ModelConfig.from_dict({**model, **requested})
+
+
+def _model_config(cfg: ml_collections.ConfigDict) -> ModelConfig:
+    """The requested ModelConfig from the `model` and `impl` sections: the shared fields and those of the family
+    `model.arch` names. The section may hold other families' fields too (one preset for a comparison, the
+    family picked on the command line): they are left out, and config.json shows only the family's. Raises
+    ConfigError naming the field."""
+    m = cfg.model
+    try:
+        fam = registry.get(m.arch, m.family_module)
+        own = [f.name for f in common_fields()] + [f.name for f in describe(fam.fields)]
+        return ModelConfig(**{k: m[k] for k in own}, impl=build(ImplConfig, cfg.impl, "impl"))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e).replace("ModelConfig.", "model.")) from None
 
 
 def resolve(cfg: ml_collections.ConfigDict, data_vocab_size: Optional[int] = None,
@@ -136,10 +172,7 @@ def resolve(cfg: ml_collections.ConfigDict, data_vocab_size: Optional[int] = Non
                  f"smaller than the tokenizer's vocabulary ({data_vocab_size})")
     _require(m.vocab_size > 0 or not require_data, "model.vocab_size", m.vocab_size,
              "must be positive (or 0 with data.path set)")
-    try:
-        model_cfg = build(ModelConfig, m, "model")
-    except (TypeError, ValueError) as e:
-        raise ConfigError(str(e).replace("ModelConfig.", "model.")) from None
+    model_cfg = _model_config(cfg)
 
     if d.seq_len == 0:
         d.seq_len = model_cfg.block_size
@@ -181,7 +214,12 @@ def resolve(cfg: ml_collections.ConfigDict, data_vocab_size: Optional[int] = Non
         raise ConfigError(str(e)) from None
     impl = resolve_impl(model_cfg, backend or platform.backend(), int(d.seq_len),
                         dropout=bool(t.dropout) and model_cfg.ic_dropout > 0,
-                        documents=bool(d.packing) and model_cfg.doc_masking)
+                        documents=bool(d.packing) and getattr(model_cfg, "doc_masking", True))
+    # "auto" resolved once: the training and evaluation steps run these choices, and config.json shows them.
+    train_model, eval_model = model_cfg.replace(**impl["train"]), model_cfg.replace(**impl["eval"])
+    cfg.model = ml_collections.ConfigDict({**train_model.model_dict(), "vocab_multiple": m.vocab_multiple})
+    cfg.impl = ml_collections.ConfigDict(dataclasses.asdict(train_model.impl))
     cfg.lock()
-    return Resolved(model=model_cfg, optim=optim_cfg, cfg=cfg, data=build(DataConfig, d, "data"),
+    return Resolved(model=train_model, eval_model=eval_model, requested_model=model_cfg, optim=optim_cfg, cfg=cfg,
+                    data=build(DataConfig, d, "data"),
                     train=build(TrainConfig, t, "train"), mesh=build(MeshConfig, cfg.mesh, "mesh"), impl=impl)

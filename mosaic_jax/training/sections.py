@@ -1,19 +1,22 @@
-"""The typed sections of the training config: `model` (ModelConfig), `data`, `train` (TrainConfig and the optimizer's
+"""The typed sections of the training config: `model` (the shared fields of ModelConfig, then each family's own
+section), `impl` (ImplConfig: the implementation switches), `data`, `train` (TrainConfig and the optimizer's
 OptimConfig, whose fields the command line keeps under `train.*`) and `mesh`.
 
 Each field's type, default and help are written once, here (and in models/config.py for the model), as dataclass
 field metadata: `run_config.base_config()` takes its ConfigDict defaults from them, `run_config.resolve()` builds
 the frozen dataclasses from the (overridden) ConfigDict, and `train --help` lists them. A field whose command-line
 default means "derived at resolve time" (0 for `train.decay_steps`: = train.steps) says so in `Section.derived`.
-No JAX here: every CLI's `--help` imports this module.
+No JAX at import: every CLI imports this module; only listing the `model` section loads the families (and JAX).
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any, Mapping
 
 from mosaic_jax.config_fields import FieldInfo, describe, field
-from mosaic_jax.models.config import ModelConfig
+from mosaic_jax.models import registry
+from mosaic_jax.models.config import ImplConfig, ModelConfig
 from mosaic_jax.training import trackers
 
 
@@ -96,9 +99,12 @@ class Section:
     derived: Mapping[str, tuple[Any, str]] = dataclasses.field(default_factory=dict)
 
     def fields(self) -> list[FieldInfo]:
-        out = []
+        out, seen = [], set()
         for cls in self.classes:
             for f in describe(cls):
+                if f.name in seen:   # a field two families declare (a plug-in reusing a built-in's name)
+                    continue
+                seen.add(f.name)
                 if f.name in self.derived:
                     placeholder, meaning = self.derived[f.name]
                     f = dataclasses.replace(f, default=placeholder, help=f"{f.help} ({meaning})")
@@ -109,16 +115,43 @@ class Section:
         return {f.name: f.default for f in self.fields()}
 
 
-SECTIONS = (
-    Section("model", (ModelConfig, ModelExtras),
-            {"vocab_size": (0, "0: the tokenizer's vocabulary, rounded up to model.vocab_multiple")}),
+def model_section(family_module: str = "") -> Section:
+    """`model`: the fields every family has, then each registered family's own (Family.fields, e.g. the v1
+    mosaic's pmem_size, v2's short_window), with `family_module` imported first so that a plug-in's fields can
+    be set too. resolve() keeps those of the chosen `arch` and refuses a changed field of another family."""
+    if family_module:
+        importlib.import_module(family_module)
+    own = tuple(dict.fromkeys(f.fields for f in registry.families()))
+    return Section("model", (ModelConfig, ModelExtras, *own),
+                   {"vocab_size": (0, "0: the tokenizer's vocabulary, rounded up to model.vocab_multiple")})
+
+
+def all_sections(family_module: str = "") -> tuple[Section, ...]:
+    """The sections in config order (a function: listing the families' fields imports them, and JAX)."""
+    return (model_section(family_module), *SECTIONS)
+
+
+SECTIONS = (   # the sections that do not depend on the registered families
+    Section("impl", (ImplConfig,)),
     Section("data", (DataConfig,)),
     Section("train", (TrainConfig, OptimConfig), {"decay_steps": (0, "0: = train.steps")}),
     Section("mesh", (MeshConfig,)),
 )
 
 
+def owners() -> dict[str, list[str]]:
+    """{model field: the families whose own section declares it} (the shared fields are in none)."""
+    out: dict[str, list[str]] = {}
+    for fam in registry.families():
+        for f in describe(fam.fields):
+            out.setdefault(f.name, []).append(fam.name)
+    return out
+
+
 def help_lines() -> list[str]:
-    """`--config.<section>.<field> (type, default D): help`, one line per field, for `--help`."""
-    return [f"  --config.{s.name}.{f.name} ({f.type.__name__}, default {f.default!r}): {f.help}"
-            for s in SECTIONS for f in s.fields()]
+    """`--config.<section>.<field> (type, default D): help`, one line per field, for `--help`; a family's own
+    model field says whose it is (`[mosaic_v2]`)."""
+    own = owners()
+    return [f"  --config.{s.name}.{f.name} ({f.type.__name__}, default {f.default!r}): "
+            + (f"[{', '.join(own[f.name])}] " if s.name == "model" and f.name in own else "") + f.help
+            for s in all_sections() for f in s.fields()]

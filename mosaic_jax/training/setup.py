@@ -4,7 +4,7 @@ steps, from a resolved config and a mesh. Nothing is allocated or compiled here.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import optax
 from jax.sharding import Mesh
@@ -26,7 +26,10 @@ class TrainSetup:
 
 
 def build(cfg: ModelConfig, optim_cfg: optim.OptimConfig, mesh: Mesh, *, microbatches: int = 1,
-          dropout: bool = True, fns: MemoryFns = DEFAULT_FNS) -> TrainSetup:
+          dropout: bool = True, fns: MemoryFns = DEFAULT_FNS, eval_cfg: Optional[ModelConfig] = None
+          ) -> TrainSetup:
+    """`cfg` runs the train step, `eval_cfg` (default `cfg`: the same model, with the implementation choices
+    made for evaluation, run_config.Resolved.eval_model) the eval step."""
     axes = lm.param_axes(cfg, fns)          # traced once here, not again inside state_shardings
     tx = optim.make_optimizer(optim_cfg, optim.decay_mask(axes))
     abstract = train_state.abstract_state(cfg, tx)
@@ -35,4 +38,4 @@ def build(cfg: ModelConfig, optim_cfg: optim.OptimConfig, mesh: Mesh, *, microba
     step = train_step.make_train_step(cfg, tx, optim.lr_schedule(optim_cfg), microbatches=microbatches,
                                       dropout=dropout, mesh=mesh, param_shardings=shardings.params, fns=fns)
     return TrainSetup(tx, shardings, abstract, train_step.jit_train_step(step, shardings, mesh),
-                      train_step.jit_eval_step(train_step.make_eval_step(cfg, fns), shardings.params, mesh))
+                      train_step.jit_eval_step(train_step.make_eval_step(eval_cfg or cfg, fns), shardings.params, mesh))

@@ -8,9 +8,13 @@ docs/extending.md walks through this file.
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, Callable, ClassVar, Mapping
+
 import flax.linen as nn
 import jax
 
+from mosaic_jax.config_fields import field
 from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
 from mosaic_jax.models.mosaic.layers import ContextualMemory, LayerNorm, MemoryFns, dropout
@@ -18,6 +22,19 @@ from mosaic_jax.models.mosaic_v2.layers import SwiGLU
 
 Array = jax.Array
 V1 = registry.get("mosaic")   # reuse what does not change: init scales, logit scale, the no-packing check
+
+
+@dataclasses.dataclass(frozen=True)
+class SwiGLUMosaicFields:
+    """This family's own `model.*` fields: v1's contextual-memory fields and the SwiGLU's width (no P-mem slots;
+    the block is always pre-LN).
+    `--config.model.ffn_hidden=...` sets it; `train --help` lists it when the preset names this module."""
+    v_shift: int = field(1, "value look-ahead (only 1 is supported, as in the paper)")
+    k_kernel_size: int = field(1, "key feature conv width, left padded")
+    v_kernel_size: int = field(2, "value feature kernel (`lowrlinearconv` needs 2)")
+    ffn_hidden: int = field(0, "SwiGLU hidden size (0: 3 * n_embd)")
+
+    DERIVED: ClassVar[Mapping[str, Callable[[Any], Any]]] = {"ffn_dim": lambda c: c.ffn_hidden or 3 * c.n_embd}
 
 
 class SwiGLUMosaicBlock(nn.Module):
@@ -65,4 +82,5 @@ FAMILY = registry.register(registry.Family(
     impl_switches=("leaky_impl", "cmem_impl", "proj_impl", "loss_impl"),   # v1's contextual memory, no pmem
     title="Memory Mosaic with a SwiGLU persistent memory (example family)",
     describe=lambda cfg: {"ffn": cfg.ffn_dim},
+    fields=SwiGLUMosaicFields,
 ))

@@ -10,6 +10,7 @@ import jax
 from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
 from mosaic_jax.models.mosaic import decode, reference
+from mosaic_jax.models.mosaic.fields import MosaicFields
 from mosaic_jax.models.mosaic.layers import MemoryFns, MosaicBlock, normal
 
 Array = jax.Array
@@ -61,5 +62,6 @@ FAMILY = registry.register(registry.Family(
     describe=lambda cfg: {"P": cfg.pmem_size},
     hf_export="remote",
     baseline="gpt2",
+    fields=MosaicFields,
     impl_switches=("leaky_impl", "cmem_impl", "pmem_impl", "proj_impl", "loss_impl"),
 ))

@@ -12,6 +12,7 @@ from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
 from mosaic_jax.models.mosaic.layers import MemoryFns
 from mosaic_jax.models.mosaic_v2 import counts
+from mosaic_jax.models.mosaic_v2.fields import V2Fields
 from mosaic_jax.models.mosaic_v2.layers import V2Block, trunc_normal
 
 Array = jax.Array
@@ -52,12 +53,6 @@ def _validate(c: ModelConfig) -> None:
         raise ValueError(f"ModelConfig.ffn_hidden={c.ffn_hidden} must be >= 0 (0: 3 * n_embd)")
     if c.bias:
         raise ValueError("ModelConfig.bias=True is not supported by arch='mosaic_v2' (v2 has no biases)")
-    if not c.pre_ln:
-        raise ValueError("ModelConfig.pre_ln=False is not supported by arch='mosaic_v2'")
-    for name, allowed in (("v2_impl", ("auto", "dense", "flash", "blockwise", "pallas")),
-                          ("v2_key_impl", ("auto", "scan", "matrix"))):
-        if getattr(c, name) not in allowed:
-            raise ValueError(f"ModelConfig.{name}={getattr(c, name)!r} not in {allowed}")
 
 
 def _std(cfg: ModelConfig) -> Any:   # v2 Table 6: embedding and classifier trunc. normal, σ = 1/√(2C)
@@ -79,5 +74,6 @@ FAMILY = registry.register(registry.Family(
     title="Memory Mosaic v2",
     describe=lambda cfg: {"ffn": cfg.ffn_dim},
     hf_export="remote",
+    fields=V2Fields,
     impl_switches=("v2_impl", "v2_key_impl", "loss_impl"),
 ))
