@@ -96,7 +96,11 @@ def _load_config_file(argv: Sequence[str]) -> Any:
 
 
 def _config_field_error(flag: str, argv: Sequence[str]) -> str:
-    """`--config.train.stepz: no such config field (did you mean "steps"?)`, from the loaded config's keys."""
+    """`--config.train.stepz: no such config field (did you mean "steps"?)`, from the loaded config's keys; a
+    field that moved names its new place."""
+    moved = sections.MOVED.get(flag.removeprefix("config."))
+    if moved:
+        return f"--{flag}: this field moved to --config.{moved}"
     hint = ""
     try:
         node = _load_config_file(argv)

@@ -100,7 +100,9 @@ def _checked(raw: dict[str, Any]) -> dict[str, Any]:
         _require(section.name in raw, section.name, None, "missing config section")
         known = {f.name: f for f in section.fields()}
         for name in raw[section.name]:
-            _require(name in known, f"{section.name}.{name}", raw[section.name][name], "no such config field")
+            moved = sections.MOVED.get(f"{section.name}.{name}")
+            _require(name in known, f"{section.name}.{name}", raw[section.name][name],
+                     f"this field moved to {moved}" if moved else "no such config field")
         for name, f in known.items():
             if name in raw[section.name]:
                 try:

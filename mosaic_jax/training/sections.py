@@ -139,6 +139,10 @@ SECTIONS = (   # the sections that do not depend on the registered families
 )
 
 
+# Fields that moved to another section: the old spelling is refused with the new one named.
+MOVED = {f"model.{name}": f"impl.{name}" for name in (f.name for f in describe(ImplConfig))}
+
+
 def owners() -> dict[str, list[str]]:
     """{model field: the families whose own section declares it} (the shared fields are in none)."""
     out: dict[str, list[str]] = {}
