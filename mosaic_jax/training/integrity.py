@@ -37,6 +37,7 @@ import numpy as np
 from mosaic_jax.io import storage
 from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
+from mosaic_jax.training import legacy_config
 
 ALGORITHM = "u32-weighted-sum-x2"
 _SEEDS = (0x9E3779B9, 0x7F4A7C15)
@@ -188,7 +189,9 @@ def verify_file_record(step_dir: str | pathlib.Path) -> Optional[str]:
 
 # ---- resume compatibility -----------------------------------------------------------------------------------
 def config_differences(saved: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
-    """['model.n_layer: saved 4, requested 2', ...] for the fields a resume cannot change (resolved configs)."""
+    """['model.n_layer: saved 4, requested 2', ...] for the fields a resume cannot change (resolved configs; one
+    saved by an older version is read in the current layout first, legacy_config.upgrade)."""
+    saved, requested = legacy_config.upgrade(saved), legacy_config.upgrade(requested)
     out = []
     sm, rm = saved.get("model", {}), requested.get("model", {})
     for name in MODEL_FIELDS:
@@ -197,9 +200,9 @@ def config_differences(saved: Mapping[str, Any], requested: Mapping[str, Any]) -
     if sm.get("arch") == rm.get("arch") and sm.get("block_size") != rm.get("block_size") and _has_positions(rm):
         out.append(f"model.block_size: saved {sm.get('block_size')!r}, requested {rm.get('block_size')!r} "
                    "(learned positions)")
-    st, rt = saved.get("train", {}), requested.get("train", {})
-    if "grad_clip" in st and "grad_clip" in rt and (st["grad_clip"] > 0) != (rt["grad_clip"] > 0):
-        out.append(f"train.grad_clip: saved {st['grad_clip']!r}, requested {rt['grad_clip']!r} "
+    so, ro = saved.get("optim", {}), requested.get("optim", {})
+    if "grad_clip" in so and "grad_clip" in ro and (so["grad_clip"] > 0) != (ro["grad_clip"] > 0):
+        out.append(f"optim.grad_clip: saved {so['grad_clip']!r}, requested {ro['grad_clip']!r} "
                    "(clipping on/off changes the optimizer state)")
     return out
 
