@@ -31,6 +31,8 @@ from _util import REPO, RESULTS, SHARED, command_line, machine, md_table, out_di
 import matplotlib
 import numpy as np
 
+from mosaic_jax.training import legacy_config
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -143,7 +145,7 @@ def main(argv=None) -> dict:
     if a.smoke:
         overrides += ["--config.model.n_embd=32", "--config.model.n_head=2", "--config.model.pmem_size=112",
                       "--config.model.block_size=32", "--config.train.global_batch=2", "--config.train.eval_every=2",
-                      "--config.train.eval_batches=1", "--config.train.warmup_steps=1", "--config.train.log_every=1",
+                      "--config.train.eval_batches=1", "--config.optim.warmup_steps=1", "--config.train.log_every=1",
                       "--config.train.async_checkpoint=False"]
     train_s = {}
     runs = [(arch, d) for d in a.depths for arch in ("mosaic", "gpt2")]
@@ -161,8 +163,8 @@ def main(argv=None) -> dict:
     for arch, depth in runs:
         wd = runs_root / f"{arch}_L{depth}"
         metrics[(arch, depth)] = read_metrics(wd)
-        cfg = json.loads((wd / "config.json").read_text())
-        info[(arch, depth)] = cfg
+        # a run trained before the `optim` section kept the optimizer under `train`: read both layouts
+        info[(arch, depth)] = legacy_config.upgrade(json.loads((wd / "config.json").read_text()))
     fig, axs = plt.subplots(1, len(a.depths), figsize=(5.5 * len(a.depths), 3.8), squeeze=False)
     for ax, depth in zip(axs[0], a.depths):
         for arch, color in (("mosaic", "C1"), ("gpt2", "C0")):
@@ -248,8 +250,8 @@ already existed are resumed or skipped; `--fresh` retrains).
 Recipe (both architectures, `experiments/configs/lm_by_depth.py` through `python -m mosaic_jax.train`): C =
 {cfg0['model']['n_embd']}, {cfg0['model']['n_head']} heads, P = {cfg0['model']['pmem_size']} (= 3.5 C, so a mosaic
 block and a GPT-2 block have the same parameters and FLOPs), context {cfg0['model']['block_size']}, batch
-{cfg0['train']['global_batch']}, {cfg0['train']['steps']} steps, AdamW (0.9, 0.95), lr {cfg0['train']['lr']} with
-{cfg0['train']['warmup_steps']} warm-up steps and cosine decay to {cfg0['train']['min_lr']}, weight decay 0.1, clip
+{cfg0['train']['global_batch']}, {cfg0['train']['steps']} steps, AdamW (0.9, 0.95), lr {cfg0['optim']['lr']} with
+{cfg0['optim']['warmup_steps']} warm-up steps and cosine decay to {cfg0['optim']['min_lr']}, weight decay 0.1, clip
 1.0, no dropout, seed 0 (same data order for every run). Data: the TinyStories sample (train v1 prefix + v2-GPT4
 prefix, about 2.4 MB), sentencepiece 4,096-piece vocabulary. GPT-2's extra parameters are its position table.
 

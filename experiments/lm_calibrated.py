@@ -414,7 +414,7 @@ def smoke(a: argparse.Namespace) -> None:
     register(b)
     train(b, ("--config.model.n_embd=32", "--config.model.n_head=2", "--config.model.pmem_size=112",
               "--config.model.block_size=64", "--config.train.global_batch=2", "--config.train.eval_every=2",
-              "--config.train.eval_batches=1", "--config.train.warmup_steps=1", "--config.train.log_every=1",
+              "--config.train.eval_batches=1", "--config.optim.warmup_steps=1", "--config.train.log_every=1",
               "--config.train.async_checkpoint=False"))
     score(b)
     report(b)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
+import re
 import sys
 import types
 from typing import Any, Callable, Optional, Sequence
@@ -23,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 from absl import flags
 
 from mosaic_jax import presets
-from mosaic_jax.training import sections
+from mosaic_jax.training import legacy_config, sections
 
 USAGE_EXIT, FAILURE_EXIT = 2, 1
 _HELP_ARGS = ("-h", "-help", "--help", "--helpshort", "--helpfull", "-?")
@@ -96,11 +97,11 @@ def _load_config_file(argv: Sequence[str]) -> Any:
 
 
 def _config_field_error(flag: str, argv: Sequence[str]) -> str:
-    """`--config.train.stepz: no such config field (did you mean "steps"?)`, from the loaded config's keys; a
-    field that moved names its new place."""
-    moved = sections.MOVED.get(flag.removeprefix("config."))
+    """`--config.train.stepz: no such config field (did you mean "steps"?)`, from the loaded config's keys; for a
+    field that moved to another section, `--config.train.lr: moved to --config.optim.lr ...` (legacy_config)."""
+    moved = legacy_config.moved_message(flag)
     if moved:
-        return f"--{flag}: this field moved to --config.{moved}"
+        return moved
     hint = ""
     try:
         node = _load_config_file(argv)
@@ -129,6 +130,25 @@ def _override_flag(e: BaseException, argv: Sequence[str]) -> Optional[str]:
     return None
 
 
+_LOCKED_KEY = re.compile(r'Key "(\w+)" does not exist and cannot be added since the config is locked')
+
+
+def _config_file_field_error(e: BaseException) -> Optional[str]:
+    """`--config: the config file sets train.lr: moved to optim.lr (...)` (or `: no such config field`) for a
+    config file that sets a field its section lacks; ml_collections' own message is a page long and names no
+    section, which is told here from the fields it lists. None for any other error."""
+    text = str(e).replace("\\'", "'")
+    m = _LOCKED_KEY.search(text)
+    if not m:
+        return None
+    listed = set(re.findall(r"'(\w+)':", text[m.end():]))
+    section = next((s.name for s in sections.all_sections() if listed and listed <= {f.name for f in s.fields()}), None)
+    name = f"{section}.{m.group(1)}" if section else m.group(1)
+    moved = legacy_config.moved_to(name) if section else None
+    return (f"--config: the config file sets {name}: " +
+            (f"moved to {moved} (write c.{moved} = ...)" if moved else "no such config field"))
+
+
 def parse(prog: str, fv: flags.FlagValues, argv: Sequence[str], doc: str = "") -> list[str]:
     """Parse `argv` (without the program name) into `fv`; returns the positional arguments.
     `--help` prints the help and raises SystemExit(0); a bad flag prints one line and raises SystemExit(2)."""
@@ -151,7 +171,8 @@ def parse(prog: str, fv: flags.FlagValues, argv: Sequence[str], doc: str = "") -
         raise SystemExit(report(prog, e, USAGE_EXIT))
     except (AttributeError, KeyError) as e:   # ml_collections: an override of a field the config lacks
         flag = _override_flag(e, argv)
-        raise SystemExit(report(prog, _config_field_error(flag, argv) if flag else e, USAGE_EXIT))
+        message = _config_field_error(flag, argv) if flag else (_config_file_field_error(e) or e)
+        raise SystemExit(report(prog, message, USAGE_EXIT))
     except Exception as e:  # noqa: BLE001 - ml_collections runs the config file: any error in it is the user's
         raise SystemExit(report(prog, f"--config: {type(e).__name__}: {e}", USAGE_EXIT))
 

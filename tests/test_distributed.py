@@ -151,9 +151,9 @@ TRAIN_ARGS = [
     "--config=experiments/configs/tiny_cpu.py",
     "--config.model.n_layer=2", "--config.model.n_embd=32", "--config.model.n_head=4", "--config.model.pmem_size=64",
     "--config.model.block_size=32", "--config.model.ic_dropout=0.1", "--config.model.hd_dropout=0.1",  # rng too
-    "--config.train.global_batch=16", "--config.train.microbatches=2", "--config.train.lr=1e-2",
-    f"--config.train.decay_steps={S2}",   # the schedule must not depend on train.steps (S1 vs S2)
-    "--config.train.warmup_steps=2", "--config.train.log_every=1", f"--config.train.checkpoint_every={S1}",
+    "--config.train.global_batch=16", "--config.train.microbatches=2", "--config.optim.lr=1e-2",
+    f"--config.optim.decay_steps={S2}",   # the schedule must not depend on train.steps (S1 vs S2)
+    "--config.optim.warmup_steps=2", "--config.train.log_every=1", f"--config.train.checkpoint_every={S1}",
     "--config.train.eval_every=0", "--config.train.sample_tokens=0", "--config.train.peak_flops=1e9",
 ]
 

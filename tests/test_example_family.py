@@ -21,7 +21,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 MODULE = "experiments.families.mosaic_swiglu.family"
 TINY = ["--config.model.n_layer=2", "--config.model.n_embd=32", "--config.model.n_head=4",
         "--config.model.ffn_hidden=64", "--config.model.block_size=32", "--config.train.steps=4",
-        "--config.train.global_batch=8", "--config.train.warmup_steps=1", "--config.train.log_every=1",
+        "--config.train.global_batch=8", "--config.optim.warmup_steps=1", "--config.train.log_every=1",
         "--config.train.checkpoint_every=4", "--config.train.eval_every=0", "--config.train.sample_tokens=0"]
 
 

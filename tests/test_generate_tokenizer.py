@@ -53,7 +53,7 @@ def test_save_tokenizer_copies_and_never_overwrites(sp_data, byte_data, tmp_path
 def _train(workdir, data):
     args = ["--config.model.n_layer=2", "--config.model.n_embd=32", "--config.model.n_head=4",
             "--config.model.pmem_size=64", "--config.model.block_size=32", "--config.train.steps=2",
-            "--config.train.global_batch=8", "--config.train.warmup_steps=1", "--config.train.log_every=1",
+            "--config.train.global_batch=8", "--config.optim.warmup_steps=1", "--config.train.log_every=1",
             "--config.train.checkpoint_every=2", "--config.train.eval_every=0", "--config.train.sample_tokens=0"]
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
                XLA_FLAGS="--xla_force_host_platform_device_count=8")

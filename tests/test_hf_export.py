@@ -191,7 +191,7 @@ def trained_run(tmp_path_factory, data_dir, env):
     pipeline.prepare([str(root / "train.txt")], str(root / "data"), "byte", num_workers=1, progress=False)
     args = ["--config.model.n_layer=1", "--config.model.n_embd=16", "--config.model.n_head=2",
             "--config.model.pmem_size=16", "--config.model.block_size=16", "--config.train.steps=4",
-            "--config.train.global_batch=8", "--config.train.warmup_steps=1", "--config.train.log_every=1",
+            "--config.train.global_batch=8", "--config.optim.warmup_steps=1", "--config.train.log_every=1",
             "--config.train.checkpoint_every=4", "--config.train.eval_every=4", "--config.train.eval_batches=1",
             "--config.train.sample_tokens=0"]
     res = subprocess.run([sys.executable, "-m", "mosaic_jax.train", "--config=experiments/configs/tiny_cpu.py",

@@ -99,14 +99,14 @@ def test_slurm_dry_run_takes_the_coordinator_from_slurm():
 def test_slurm_array_task_takes_its_flags_from_the_sweep(tmp_path):
     from mosaic_jax.tools import sweep
     plan = sweep.plan_sweep(tmp_path, "lr", ["--config=experiments/configs/tiny_cpu.py"],
-                            sweep.expand(grid=["train.lr=1e-3,3e-3"]))
+                            sweep.expand(grid=["optim.lr=1e-3,3e-3"]))
     sweep.write_manifest(plan)
     env = _clean_env(SLURM_JOB_ID="77", SLURM_JOB_NODELIST="node7", SLURM_ARRAY_TASK_ID="1",
                      MOSAIC_SWEEP_DIR=plan["dir"])
     res = _bash("slurm_gpu.sbatch", "--dry-run", env=env)
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines()[-1].endswith(
-        f"-m mosaic_jax.train --config=experiments/configs/tiny_cpu.py --config.train.lr=3e-3 "
+        f"-m mosaic_jax.train --config=experiments/configs/tiny_cpu.py --config.optim.lr=3e-3 "
         f"--workdir={tmp_path}/lr/001_lr=3e-3")
 
 

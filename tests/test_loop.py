@@ -22,8 +22,9 @@ def _config(data: str):
     c.model.update(arch="mosaic", n_layer=1, n_embd=32, n_head=2, pmem_size=64, block_size=32,
                    ic_dropout=0.0, hd_dropout=0.0)
     c.data.path = data
-    c.train.update(steps=STEPS, global_batch=8, warmup_steps=2, log_every=1, eval_every=0, sample_tokens=0,
+    c.train.update(steps=STEPS, global_batch=8, log_every=1, eval_every=0, sample_tokens=0,
                    checkpoint_every=100, trackers="jsonl")
+    c.optim.warmup_steps = 2
     return c
 
 

@@ -122,7 +122,9 @@ def test_resume_compares_model_fields_across_the_two_layouts():
 def test_a_moved_field_names_its_new_place(capsys):
     from mosaic_jax import train
     assert train.main(["--config=tiny_cpu", "--config.model.remat=full", "--print_config"]) == 2
-    assert capsys.readouterr().err.strip().endswith("--config.model.remat: this field moved to --config.impl.remat")
+    assert capsys.readouterr().err.strip().endswith(
+        "--config.model.remat: moved to --config.impl.remat (the implementation switches have their own section, "
+        "`impl`)")
     raw = run_config.base_config().to_dict()
     raw["model"]["cmem_impl"] = "dense"    # a config file written with the old layout
     with pytest.raises(run_config.ConfigError, match=r"^model\.cmem_impl='dense': this field moved to impl\.cmem_impl"):

@@ -86,7 +86,7 @@ def test_global_norm_clipping():
 
 
 def test_bad_optim_config_names_fields():
-    with pytest.raises(ValueError, match="train.lr"):
+    with pytest.raises(ValueError, match="optim.lr"):
         optim.OptimConfig(lr=-1.0)
-    with pytest.raises(ValueError, match="train.warmup_steps"):
+    with pytest.raises(ValueError, match="optim.warmup_steps"):
         optim.OptimConfig(warmup_steps=-1)

@@ -18,7 +18,7 @@ from mosaic_jax import cli_util, train
 from mosaic_jax.config_fields import describe
 from mosaic_jax.kernels import platform
 from mosaic_jax.ops import memory, memory_v2
-from mosaic_jax.training import integrity, run_config, sections
+from mosaic_jax.training import integrity, legacy_config, run_config, sections
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ def test_defaults_and_help_are_declared_once_in_the_dataclasses():
             assert f.type in (int, float, bool, str) and f.help and "\n" not in f.help, (s.name, f.name)
             assert type(f.default) is f.type, (s.name, f.name)
     # the placeholders resolve() fills are the only defaults that differ from the dataclasses'
-    assert base.train.decay_steps == 0 and sections.OptimConfig().decay_steps == 80000
+    assert base.optim.decay_steps == 0 and sections.OptimConfig().decay_steps == 80000
     assert base.model.vocab_size == 0
 
 
@@ -62,7 +62,7 @@ def test_typed_sections_equal_the_configdict_values():
     c = rc.cfg
     assert dataclasses.asdict(rc.data) == c.data.to_dict()
     assert dataclasses.asdict(rc.mesh) == c.mesh.to_dict()
-    assert {**dataclasses.asdict(rc.train), **dataclasses.asdict(rc.optim)} == c.train.to_dict()
+    assert dataclasses.asdict(rc.train) == c.train.to_dict() and dataclasses.asdict(rc.optim) == c.optim.to_dict()
     assert rc.model.model_dict() == {k: v for k, v in c.model.to_dict().items() if k != "vocab_multiple"}
     assert dataclasses.asdict(rc.model.impl) == c.impl.to_dict()
     # the derived fields are filled in the typed sections too
@@ -73,11 +73,53 @@ def test_typed_sections_equal_the_configdict_values():
 
 
 def test_a_command_line_override_reaches_the_typed_sections():
-    cfg = _parse("--config=tiny_cpu", "--config.train.lr=0.01", "--config.train.steps=7", "--config.mesh.fsdp=2",
-                 "--config.data.seq_len=64")
+    cfg = _parse("--config=tiny_cpu", "--config.optim.lr=0.01", "--config.optim.b2=0.99", "--config.train.steps=7",
+                 "--config.mesh.fsdp=2", "--config.data.seq_len=64")
     rc = run_config.resolve(cfg, data_vocab_size=4096, data_parallel=2)
-    assert rc.optim.lr == 0.01 and rc.train.steps == 7 and rc.optim.decay_steps == 7
+    assert rc.optim.lr == 0.01 and rc.optim.b2 == 0.99 and rc.train.steps == 7 and rc.optim.decay_steps == 7
+    assert rc.optim.warmup_steps == 50 and rc.optim.min_lr == 1e-4   # the preset's, untouched
     assert rc.mesh.fsdp == 2 and rc.data.seq_len == 64
+    assert "lr" not in rc.cfg.train and rc.to_dict()["optim"]["lr"] == 0.01   # what config.json records
+
+
+@pytest.mark.parametrize("field", [f.name for f in describe(sections.OptimConfig)])
+def test_the_old_train_spelling_of_an_optimizer_field_is_one_line_naming_the_new_one(field, capsys):
+    with pytest.raises(SystemExit) as e:
+        _parse("--config=tiny_cpu", f"--config.train.{field}=1")
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"train: error: --config.train.{field}: moved to --config.optim.{field} ")
+
+
+def test_a_config_file_with_the_old_spelling_names_the_new_one(tmp_path, capsys):
+    old = tmp_path / "old.py"
+    old.write_text("from mosaic_jax.training.run_config import base_config\n\n\ndef get_config():\n"
+                   "    c = base_config()\n    c.train.update(steps=10, lr=1e-3)\n    return c\n")
+    with pytest.raises(SystemExit) as e:
+        _parse(f"--config={old}")
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err == ("train: error: --config: the config file sets train.lr: moved to optim.lr "
+                                         "(write c.optim.lr = ...)")
+    old.write_text(old.read_text().replace("c.train.update(steps=10, lr=1e-3)", "c.model.nlayer = 3"))
+    with pytest.raises(SystemExit):
+        _parse(f"--config={old}")
+    err = capsys.readouterr().err.strip()
+    assert err == "train: error: --config: the config file sets model.nlayer: no such config field"
+
+
+def test_a_config_saved_by_the_old_layout_is_upgraded_and_resumes():
+    """config.json / a checkpoint's config written before `optim` existed kept the optimizer under `train`."""
+    new = run_config.resolve(_config(), 260).to_dict()
+    old = {k: (dict(v) if isinstance(v, dict) else v) for k, v in new.items() if k != "optim"}
+    old["train"].update(new["optim"])   # the old layout: one flat train section
+    up = legacy_config.upgrade(old)
+    assert up == new and "lr" in old["train"] and "optim" not in old   # a copy; the input is untouched
+    assert legacy_config.upgrade(new) == new   # a current config is unchanged
+    assert integrity.config_differences(old, new) == []   # same settings: resumes
+    no_clip = {**new, "optim": {**new["optim"], "grad_clip": 0.0}}
+    assert integrity.config_differences(old, no_clip) == [
+        "optim.grad_clip: saved 1.0, requested 0.0 (clipping on/off changes the optimizer state)"]
+    assert legacy_config.moved_to("--config.train.lr") == "optim.lr" and legacy_config.moved_to("train.steps") is None
 
 
 def test_a_wrong_type_is_one_line_naming_the_field(capsys):
@@ -88,7 +130,7 @@ def test_a_wrong_type_is_one_line_naming_the_field(capsys):
     # from a config file (unlocked dicts can hold anything): resolve() names section.field and the types
     for key, value, expect in (("train.steps", "100", "train.steps='100': expected int, got str"),
                                ("train.steps", True, "train.steps=True: expected int, got bool"),
-                               ("train.lr", "0.01", "train.lr='0.01': expected float, got str"),
+                               ("optim.lr", "0.01", "optim.lr='0.01': expected float, got str"),
                                ("model.n_layer", 2.0, "model.n_layer=2.0: expected int, got float"),
                                ("data.packing", 1, "data.packing=1: expected bool, got int"),
                                ("mesh.fsdp", "4", "mesh.fsdp='4': expected int, got str")):
@@ -107,7 +149,7 @@ def test_a_wrong_type_is_one_line_naming_the_field(capsys):
         run_config.resolve(c, data_vocab_size=260)
     c = _config()
     c.unlock()
-    c.train.lr = 1   # an int where a float is declared is a float
+    c.optim.lr = 1   # an int where a float is declared is a float
     assert run_config.resolve(c, data_vocab_size=260).optim.lr == 1.0
 
 
@@ -175,8 +217,9 @@ def test_help_lists_every_config_field_with_type_and_default(capsys):
             tag = f"[{', '.join(owners[f.name])}] " if s.name == "model" and f.name in owners else ""
             line = f"--config.{s.name}.{f.name} ({f.type.__name__}, default {f.default!r}): {tag}{f.help}"
             assert line in out
-    assert len(describe(sections.TrainConfig)) + len(describe(sections.OptimConfig)) == len(
-        [ln for ln in out.splitlines() if ln.strip().startswith("--config.train.")])
+    for name, cls in (("train", sections.TrainConfig), ("optim", sections.OptimConfig)):
+        assert len(describe(cls)) == len([ln for ln in out.splitlines() if ln.strip().startswith(f"--config.{name}.")])
+    assert "  --config.optim.lr (float, default 0.005): peak learning rate" in out
 
 
 def test_print_config_cli_prints_json_and_writes_nothing(prepared_byte, tmp_path):
@@ -186,11 +229,11 @@ def test_print_config_cli_prints_json_and_writes_nothing(prepared_byte, tmp_path
     before = {p: p.stat().st_mtime_ns for p in prepared_byte.rglob("*")}
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
     res = subprocess.run([sys.executable, "-m", "mosaic_jax.train", "--config=tiny_cpu", "--print_config",
-                          f"--workdir={workdir}", f"--config.data.path={prepared_byte}", "--config.train.lr=0.01"],
+                          f"--workdir={workdir}", f"--config.data.path={prepared_byte}", "--config.optim.lr=0.01"],
                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     printed = json.loads(res.stdout)
-    assert printed["model"]["vocab_size"] == 320 and printed["train"]["lr"] == 0.01   # 256 bytes + specials -> 320
+    assert printed["model"]["vocab_size"] == 320 and printed["optim"]["lr"] == 0.01   # 256 bytes + specials -> 320
     assert printed["resolved_impl"]["backend"] == "cpu" and printed["resolved_impl"]["train"]["leaky_impl"] == "scan"
     assert "unresolved" not in res.stderr
     assert not workdir.exists() and list(cwd.iterdir()) == []

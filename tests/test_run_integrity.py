@@ -15,7 +15,8 @@ import pytest
 from mosaic_jax.training import checkpoint, integrity
 from tests.test_checkpoint import CFG, DATA, _assert_equal, _on_mesh, _target
 
-SAVED_CFG = {"model": {**CFG.to_dict()}, "train": {"grad_clip": 1.0, "lr": 1e-3}}
+SAVED_CFG = {"model": {**CFG.to_dict()}, "train": {"steps": 4}, "optim": {"grad_clip": 1.0, "lr": 1e-3}}
+LEGACY_CFG = {"model": SAVED_CFG["model"], "train": {"steps": 4, "grad_clip": 1.0, "lr": 1e-3}}   # before `optim`
 
 
 @pytest.fixture(scope="module")
@@ -176,14 +177,14 @@ def test_config_mismatch_is_refused_naming_fields_and_writes_nothing(two_checkpo
     target = _target(sh)
     checkpoint.check_resume(d, SAVED_CFG, DATA, target)   # same run: fine
     same_structure = {"model": {**SAVED_CFG["model"], "hd_dropout": 0.3, "dtype": "bfloat16"},
-                      "train": {"grad_clip": 0.5, "lr": 1.0}}
+                      "optim": {"grad_clip": 0.5, "lr": 1.0}}
     checkpoint.check_resume(d, same_structure, DATA, target)   # dropout, dtype, lr, clip value: may change
-    wrong = {"model": {**SAVED_CFG["model"], "n_layer": 4, "vocab_size": 128}, "train": {"grad_clip": 0.0}}
+    wrong = {"model": {**SAVED_CFG["model"], "n_layer": 4, "vocab_size": 128}, "optim": {"grad_clip": 0.0}}
     with pytest.raises(checkpoint.CheckpointError) as e:
         checkpoint.check_resume(d, wrong, DATA, target)
     msg = str(e.value)
     assert "\n" not in msg and "model.n_layer: saved 2, requested 4" in msg and "vocab_size: saved 64, requested 128" in msg
-    assert "train.grad_clip: saved 1.0, requested 0.0" in msg and "another --workdir" in msg and str(d / "2") in msg
+    assert "optim.grad_clip: saved 1.0, requested 0.0" in msg and "another --workdir" in msg and str(d / "2") in msg
     # shapes that differ although no listed field does (here: a target built for another vocabulary)
     other = jax.eval_shape(lambda: jax.tree.map(lambda x: x, target))
     other = other.replace(params={**other.params, "embed": jax.ShapeDtypeStruct((128, 32), np.float32)})
@@ -191,6 +192,21 @@ def test_config_mismatch_is_refused_naming_fields_and_writes_nothing(two_checkpo
                                                          r"\(128, 32\) float32"):
         checkpoint.check_resume(d, SAVED_CFG, DATA, other)
     assert _hashes(d) == before   # every byte as it was
+
+
+def test_checkpoint_of_the_old_config_layout_resumes_with_the_same_settings(host_state, tmp_path):
+    """A checkpoint whose config kept the optimizer under `train` (before the `optim` section) resumes when the
+    settings are the same, restores verified (its config item is checked as saved) and is refused when not."""
+    state, sh = _on_mesh(host_state, (1, 8, 1))
+    ck = checkpoint.Checkpointer(tmp_path, every=1, keep=5)
+    ck.save(1, state, LEGACY_CFG, {**DATA, "position": 1})
+    ck.close()
+    checkpoint.check_resume(tmp_path, SAVED_CFG, DATA, _target(sh))   # same settings, new layout: fine
+    (step, restored, _), said = _restore(tmp_path, host_state)
+    assert step == 1 and said == [], said
+    _assert_equal(restored, host_state)
+    with pytest.raises(checkpoint.CheckpointError, match=r"optim\.grad_clip: saved 1\.0, requested 0\.0"):
+        checkpoint.check_resume(tmp_path, {**SAVED_CFG, "optim": {"grad_clip": 0.0, "lr": 1e-3}}, DATA, _target(sh))
 
 
 def test_checkpoint_without_records_still_restores_with_a_note(host_state, tmp_path):

@@ -14,17 +14,21 @@ from tests.conftest import REPO
 
 
 def test_expand_grid_and_list():
-    runs = sweep.expand(grid=["train.lr=1e-3,3e-3", "--config.model.n_embd=32,64"],
+    runs = sweep.expand(grid=["optim.lr=1e-3,3e-3", "--config.model.n_embd=32,64"],
                         runs=["config.train.seed=5 model.arch=gpt2"])
     assert runs[0] == {"train.seed": "5", "model.arch": "gpt2"}
-    assert runs[1:] == [{"train.lr": "1e-3", "model.n_embd": "32"}, {"train.lr": "1e-3", "model.n_embd": "64"},
-                        {"train.lr": "3e-3", "model.n_embd": "32"}, {"train.lr": "3e-3", "model.n_embd": "64"}]
-    assert sweep.expand(spec={"grid": {"train.lr": [0.1, 0.2]}, "runs": [{"model.arch": "gpt2"}]}) == \
-        [{"model.arch": "gpt2"}, {"train.lr": "0.1"}, {"train.lr": "0.2"}]
-    for bad in (dict(grid=["lr=1"]), dict(grid=["train.lr"]), dict(), dict(grid=["train.lr=1", "train.lr=2"])):
+    assert runs[1:] == [{"optim.lr": "1e-3", "model.n_embd": "32"}, {"optim.lr": "1e-3", "model.n_embd": "64"},
+                        {"optim.lr": "3e-3", "model.n_embd": "32"}, {"optim.lr": "3e-3", "model.n_embd": "64"}]
+    assert sweep.expand(spec={"grid": {"optim.lr": [0.1, 0.2]}, "runs": [{"model.arch": "gpt2"}]}) == \
+        [{"model.arch": "gpt2"}, {"optim.lr": "0.1"}, {"optim.lr": "0.2"}]
+    for bad in (dict(grid=["lr=1"]), dict(grid=["optim.lr"]), dict(), dict(grid=["optim.lr=1", "optim.lr=2"])):
         with pytest.raises(sweep.SweepError):
             sweep.expand(**bad)
-    assert sweep.run_name(3, {"train.lr": "3e-3", "data.path": "/a b/c"}) == "003_lr=3e-3_path=-a-b-c"
+    assert sweep.run_name(3, {"optim.lr": "3e-3", "data.path": "/a b/c"}) == "003_lr=3e-3_path=-a-b-c"
+    for old in (dict(grid=["train.lr=1e-3,3e-3"]), dict(runs=["--config.train.warmup_steps=5"]),
+                dict(spec={"grid": {"train.grad_clip": [0.0]}})):   # the old spelling: refused before any run
+        with pytest.raises(sweep.SweepError, match=r"'train\.(lr|warmup_steps|grad_clip)': moved to optim\."):
+            sweep.expand(**old)
 
 
 def _main(capsys, *argv):
@@ -44,19 +48,19 @@ def test_local_dry_run(capsys, tmp_path):
 
 
 def test_slurm_dry_run_is_one_job_array(capsys, tmp_path):
-    rc, out, _ = _main(capsys, "run", "--name=lr", f"--root={tmp_path}", "--grid=train.lr=1e-3,3e-3,1e-2",
+    rc, out, _ = _main(capsys, "run", "--name=lr", f"--root={tmp_path}", "--grid=optim.lr=1e-3,3e-3,1e-2",
                        "--mode=slurm", "--max_parallel=2", "--sbatch_args=--nodes=2 --partition=gpu", "--dry_run",
                        "--", "--config=experiments/configs/babistories_mm.py")
     assert rc == 0
     lines = out.splitlines()
     assert lines[0] == (f"sbatch --array=0-2%2 --job-name=lr --output={tmp_path}/lr/slurm-%A_%a.out "
                         f"--export=ALL,MOSAIC_SWEEP_DIR={tmp_path}/lr --nodes=2 --partition=gpu launch/slurm_gpu.sbatch")
-    assert lines[3] == (f"# array task 2: --config=experiments/configs/babistories_mm.py --config.train.lr=1e-2 "
+    assert lines[3] == (f"# array task 2: --config=experiments/configs/babistories_mm.py --config.optim.lr=1e-2 "
                         f"--workdir={tmp_path}/lr/002_lr=1e-2")
 
 
 def test_bad_sweeps_are_one_line_errors(capsys, tmp_path):
-    rc, _, err = _main(capsys, "run", "--name=x", f"--root={tmp_path}", "--grid=train.lr=1", "--",
+    rc, _, err = _main(capsys, "run", "--name=x", f"--root={tmp_path}", "--grid=optim.lr=1", "--",
                        "--config=c.py", "--workdir=w")
     assert rc == 2 and "--workdir is set per run" in err
     rc, _, err = _main(capsys, "gather", str(tmp_path / "nope"))
@@ -76,7 +80,7 @@ def _fake_run(run, steps_wanted, train_losses, eval_loss=None, returncode=None):
 
 
 def test_gather_writes_markdown_and_csv(tmp_path):
-    plan = sweep.plan_sweep(tmp_path, "g", ["--config=c.py"], sweep.expand(grid=["train.lr=1e-3,3e-3,1e-2,3e-2"]))
+    plan = sweep.plan_sweep(tmp_path, "g", ["--config=c.py"], sweep.expand(grid=["optim.lr=1e-3,3e-3,1e-2,3e-2"]))
     sweep.write_manifest(plan)
     r = plan["runs"]
     _fake_run(r[0], 3, [(1, 5.0), (2, 4.0), (3, 3.5), (2, 4.1)], eval_loss=3.25)   # resumed: step 2 twice
@@ -87,12 +91,12 @@ def test_gather_writes_markdown_and_csv(tmp_path):
     assert rows[0]["step"] == 3 and rows[0]["train_loss"] == 3.5 and rows[0]["eval_loss"] == 3.25
     assert rows[0]["tokens_per_s"] == 2000.0            # median over the last record of each step
     lines = text.splitlines()
-    assert lines[2] == "| run | train.lr | status | step | train_loss | eval_loss | eval_perplexity | tokens_per_s |"
+    assert lines[2] == "| run | optim.lr | status | step | train_loss | eval_loss | eval_perplexity | tokens_per_s |"
     assert lines[4].startswith("| 000_lr=1e-3 | 1e-3 | done | 3 | 3.5 | 3.25 | 25.79 | 2,000 |")
     assert (tmp_path / "g" / "results.md").read_text() == text
     with open(tmp_path / "g" / "results.csv") as fh:
         table = list(csv.DictReader(fh))
-    assert [t["train.lr"] for t in table] == ["1e-3", "3e-3", "1e-2", "3e-2"] and table[3]["step"] == ""
+    assert [t["optim.lr"] for t in table] == ["1e-3", "3e-3", "1e-2", "3e-2"] and table[3]["step"] == ""
 
 
 @pytest.mark.slow

@@ -20,9 +20,9 @@ from mosaic_jax.training import run_config, trackers
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--config.model.n_layer=1", "--config.model.n_embd=32", "--config.model.n_head=4",
         "--config.model.block_size=32", "--config.train.steps=3", "--config.train.global_batch=8",
-        "--config.train.warmup_steps=1", "--config.train.log_every=1", "--config.train.checkpoint_every=3",
+        "--config.optim.warmup_steps=1", "--config.train.log_every=1", "--config.train.checkpoint_every=3",
         "--config.train.eval_every=0", "--config.train.sample_tokens=0", "--config.train.export_params=false",
-        "--config.train.decay_steps=4"]   # fixed, so the resumed run (steps=4) reuses the compiled step
+        "--config.optim.decay_steps=4"]   # fixed, so the resumed run (steps=4) reuses the compiled step
 
 
 def wandb_records(path: pathlib.Path):

@@ -30,8 +30,8 @@ MODEL_ARGS = [
     "--config.model.n_layer=2", "--config.model.n_embd=32", "--config.model.n_head=4",
     "--config.model.pmem_size=64", "--config.model.block_size=32",
     "--config.model.ic_dropout=0.1", "--config.model.hd_dropout=0.1",   # dropout on: the rng must resume too
-    f"--config.train.steps={STEPS}", "--config.train.global_batch=8", "--config.train.lr=1e-2",
-    "--config.train.warmup_steps=2", "--config.train.log_every=1", "--config.train.checkpoint_every=4",
+    f"--config.train.steps={STEPS}", "--config.train.global_batch=8", "--config.optim.lr=1e-2",
+    "--config.optim.warmup_steps=2", "--config.train.log_every=1", "--config.train.checkpoint_every=4",
     "--config.train.keep_checkpoints=10", f"--config.train.eval_every={STEPS}", "--config.train.eval_batches=2",
     "--config.train.sample_tokens=24", "--config.train.sample_prompt=Once upon a time",
 ]
@@ -46,11 +46,11 @@ def test_resolve_fills_derived_fields_and_names_bad_ones():
     c.train.update(steps=50, global_batch=8)
     rc = run_config.resolve(c, data_vocab_size=260, data_parallel=4)
     assert rc.model.vocab_size == 320 and rc.cfg.data.seq_len == 64
-    assert rc.cfg.train.decay_steps == 50 and rc.optim.decay_steps == 50 and rc.cfg.train.eval_batch_size == 8
+    assert rc.cfg.optim.decay_steps == 50 and rc.optim.decay_steps == 50 and rc.cfg.train.eval_batch_size == 8
     assert c.model.vocab_size == 0   # the caller's config is not modified
     bad = [({"train.microbatches": 3}, "train.microbatches=3"), ({"train.global_batch": 6}, "train.global_batch=6"),
            ({"model.vocab_size": 100}, "model.vocab_size=100"), ({"data.path": ""}, "data.path"),
-           ({"impl.leaky_impl": "fast"}, "impl.leaky_impl"), ({"train.lr": -1.0}, "train.lr")]
+           ({"impl.leaky_impl": "fast"}, "impl.leaky_impl"), ({"optim.lr": -1.0}, "optim.lr")]
     for change, msg in bad:
         (section, field), value = next(iter(change.items()))[0].split("."), next(iter(change.values()))
         c2 = run_config.base_config()
@@ -75,12 +75,13 @@ def test_presets_resolve():
     run_config.resolve(_load_preset("tiny_cpu"), data_vocab_size=4096)
     mm, gpt = (run_config.resolve(_load_preset(n), data_vocab_size=50257, data_parallel=8)
                for n in ("babistories_mm", "babistories_gpt2"))
-    m, t = mm.model, mm.cfg.train
+    m, t, o = mm.model, mm.cfg.train, mm.cfg.optim
     assert (m.n_layer, m.n_embd, m.n_head, m.pmem_size, m.block_size, m.vocab_size) == (12, 768, 12, 2688, 512, 50304)
-    assert (t.global_batch, t.lr, t.min_lr, t.warmup_steps, t.decay_steps, t.steps) == (512, 5e-3, 1e-4, 2000,
+    assert (t.global_batch, o.lr, o.min_lr, o.warmup_steps, o.decay_steps, t.steps) == (512, 5e-3, 1e-4, 2000,
                                                                                         80_000, 80_000)
-    assert (t.weight_decay, t.grad_clip, t.b1, t.b2, m.ic_dropout, m.hd_dropout) == (0.1, 1.0, 0.9, 0.95, 0.05, 0.05)
+    assert (o.weight_decay, o.grad_clip, o.b1, o.b2, m.ic_dropout, m.hd_dropout) == (0.1, 1.0, 0.9, 0.95, 0.05, 0.05)
     assert m.arch == "mosaic" and gpt.model.arch == "gpt2" and gpt.cfg.train.to_dict() == t.to_dict()
+    assert gpt.optim == mm.optim
     assert flops.forward_flops_per_token(m, 512) == flops.forward_flops_per_token(gpt.model, 512)
 
 
@@ -197,7 +198,7 @@ def test_uninterrupted_run(full_run, tiny_data):
     assert _records(workdir, "text")[-1]["text"].startswith("Once upon a time")
     assert "=== generated text ===" in res.stdout and "MFU" in res.stdout and "tok/s" in res.stdout
     cfg = json.loads((workdir / "config.json").read_text())
-    assert cfg["model"]["vocab_size"] == 320 and cfg["train"]["decay_steps"] == STEPS   # resolved fields
+    assert cfg["model"]["vocab_size"] == 320 and cfg["optim"]["decay_steps"] == STEPS   # resolved fields
     assert cfg["data"]["path"] == str(tiny_data)
     cpu = {"leaky_impl": "scan", "cmem_impl": "fused", "pmem_impl": "fused", "proj_impl": "fused", "loss_impl": "fused"}
     assert cfg["resolved_impl"] == {"backend": "cpu", "seq_len": 32, "train": cpu, "eval": cpu}   # what ran
@@ -337,9 +338,9 @@ def test_nonfinite_stop_sets_aside_the_poisoned_checkpoint_and_the_resume_trains
     shutil.copytree(full_run[0], workdir)
     shutil.rmtree(workdir / "export")
     ckpt = workdir / "checkpoints"
-    longer = ["--config.train.steps=20", f"--config.train.decay_steps={STEPS}"]   # the same schedule as full_run
-    res = _run(_cmd(workdir, tiny_data, *longer, "--config.train.lr=1e10", "--config.train.min_lr=1e10",
-                    "--config.train.warmup_steps=0", "--config.train.checkpoint_every=1"), env)
+    longer = ["--config.train.steps=20", f"--config.optim.decay_steps={STEPS}"]   # the same schedule as full_run
+    res = _run(_cmd(workdir, tiny_data, *longer, "--config.optim.lr=1e10", "--config.optim.min_lr=1e10",
+                    "--config.optim.warmup_steps=0", "--config.train.checkpoint_every=1"), env)
     assert res.returncode == 1
     line = res.stderr.strip().splitlines()[-1]
     assert line.startswith("train: error:") and " at step " in line and ("nan" in line or "inf" in line), res.stderr

@@ -26,7 +26,7 @@ from tests.conftest import REPO
 ARGS = [
     "--config=experiments/configs/tiny_cpu.py", "--config.model.n_layer=2", "--config.model.n_embd=32",
     "--config.model.n_head=4", "--config.model.pmem_size=64", "--config.model.block_size=32",
-    "--config.train.global_batch=8", "--config.train.lr=1e-2", "--config.train.warmup_steps=2",
+    "--config.train.global_batch=8", "--config.optim.lr=1e-2", "--config.optim.warmup_steps=2",
     "--config.train.log_every=1", "--config.train.eval_every=0", "--config.train.sample_tokens=0",
     "--config.train.peak_flops=1e9", "--config.train.keep_checkpoints=100", "--config.train.checkpoint_every=4",
     "--config.train.export_params=False",

@@ -16,9 +16,9 @@ def get_config():
     c.impl.update(dtype="bfloat16", remat="none", scan_layers=True)
     c.data.path = "data/babistories_gpt2"
     c.train.update(steps=80_000, global_batch=512, microbatches=1, seed=1337,
-                   lr=5e-3, min_lr=1e-4, warmup_steps=2000, decay_steps=80_000,
-                   b1=0.9, b2=0.95, weight_decay=0.1, grad_clip=1.0,
                    log_every=50, eval_every=2000, eval_batches=10, checkpoint_every=2000, keep_checkpoints=3,
                    sample_tokens=128)
+    c.optim.update(lr=5e-3, min_lr=1e-4, warmup_steps=2000, decay_steps=80_000,
+                   b1=0.9, b2=0.95, weight_decay=0.1, grad_clip=1.0)
     c.mesh.update(data=1, fsdp=-1, tensor=1)   # pure FSDP over all devices
     return c

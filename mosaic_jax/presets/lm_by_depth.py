@@ -16,9 +16,9 @@ def get_config():
     c.model.update(arch="mosaic", n_layer=1, n_embd=128, n_head=4, pmem_size=448, block_size=256,
                    ic_dropout=0.0, hd_dropout=0.0)   # < 1 epoch of data: no dropout (paper: 0.05)
     c.data.path = "runs/data/tinystories_sp4k"
-    c.train.update(steps=300, global_batch=8, lr=5e-3, min_lr=1e-4, warmup_steps=30, weight_decay=0.1,
-                   grad_clip=1.0, b1=0.9, b2=0.95, seed=0,
+    c.train.update(steps=300, global_batch=8, seed=0,
                    log_every=10, eval_every=50, eval_batches=8, checkpoint_every=300, keep_checkpoints=1,
                    sample_tokens=0, export_params=False)
+    c.optim.update(lr=5e-3, min_lr=1e-4, warmup_steps=30, weight_decay=0.1, grad_clip=1.0, b1=0.9, b2=0.95)
     c.mesh.update(data=1, fsdp=-1, tensor=1)
     return c

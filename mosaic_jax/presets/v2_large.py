@@ -17,5 +17,6 @@ def _small_config():
 def get_config():
     c = _small_config()
     c.model.update(n_layer=32, n_embd=4096, n_head=32, ffn_hidden=14336)
-    c.train.update(steps=238_419, decay_steps=238_419, lr=1e-3, min_lr=1e-5)
+    c.train.update(steps=238_419)
+    c.optim.update(decay_steps=238_419, lr=1e-3, min_lr=1e-5)
     return c

@@ -20,9 +20,9 @@ def get_config():
     c.impl.update(dtype="bfloat16", remat="full", scan_layers=True, v2_impl="auto")
     c.data.update(path="data/v2_pretrain", seq_len=4096, packing=True)
     c.train.update(steps=47_684, global_batch=1024, microbatches=1, seed=0,
-                   lr=3e-4, min_lr=3e-6, warmup_steps=2000, decay_steps=47_684,
-                   b1=0.9, b2=0.95, weight_decay=0.1, grad_clip=1.0,
                    log_every=50, eval_every=2000, eval_batches=10, checkpoint_every=1000, keep_checkpoints=3,
                    sample_tokens=128)
+    c.optim.update(lr=3e-4, min_lr=3e-6, warmup_steps=2000, decay_steps=47_684,
+                   b1=0.9, b2=0.95, weight_decay=0.1, grad_clip=1.0)
     c.mesh.update(data=1, fsdp=-1, tensor=1)
     return c

@@ -2,7 +2,7 @@ r"""Sweeps: a grid or a list of `--config.x=v` overrides -> one run folder each,
 submitted as one SLURM job array, then one results table (markdown and CSV) gathered from the runs' metrics.
 
     # 3 x 2 grid, locally, one after another (re-running the same command skips finished runs, resumes the rest)
-    python -m mosaic_jax.tools.sweep run --name=lr_width --grid=train.lr=1e-3,3e-3,1e-2 --grid=model.n_embd=128,256 \
+    python -m mosaic_jax.tools.sweep run --name=lr_width --grid=optim.lr=1e-3,3e-3,1e-2 --grid=model.n_embd=128,256 \
         -- --config=tiny_cpu --config.data.path=data/tinystories_sp4k
     # explicit list of runs, as a SLURM job array of 8-GPU jobs (launch/slurm_gpu.sbatch), 2 at a time
     python -m mosaic_jax.tools.sweep run --name=arch --mode=slurm --max_parallel=2 \
@@ -38,6 +38,7 @@ from absl import flags
 
 from mosaic_jax import cli_util
 from mosaic_jax.io import storage
+from mosaic_jax.training import legacy_config
 
 DEFAULT_COMMAND = f"{shlex.quote(sys.executable)} -m mosaic_jax.train"
 SBATCH_SCRIPT = "launch/slurm_gpu.sbatch"
@@ -48,19 +49,23 @@ class SweepError(ValueError):
 
 
 def normalize_key(key: str) -> str:
-    """'train.lr', 'config.train.lr' and '--config.train.lr' all mean the config field train.lr."""
+    """'optim.lr', 'config.optim.lr' and '--config.optim.lr' all mean the config field optim.lr. A field's old
+    spelling (train.lr) is refused here, before any run starts, naming the new one."""
     key = key.strip().lstrip("-")
     if key.startswith("config."):
         key = key[len("config."):]
     if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+", key):
-        raise SweepError(f"{key!r}: expected a config field like train.lr or model.n_embd")
+        raise SweepError(f"{key!r}: expected a config field like optim.lr or model.n_embd")
+    if legacy_config.moved_to(key):
+        raise SweepError(f"{key!r}: moved to {legacy_config.moved_to(key)} (the optimizer's fields have their own "
+                         "section)")
     return key
 
 
 def parse_assignment(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep:
-        raise SweepError(f"{text!r}: expected FIELD=VALUE (e.g. train.lr=3e-3)")
+        raise SweepError(f"{text!r}: expected FIELD=VALUE (e.g. optim.lr=3e-3)")
     return normalize_key(key), value.strip()
 
 
@@ -288,9 +293,9 @@ flags.DEFINE_string("name", None, "run: sweep name, the folder <root>/<name>.", 
 flags.DEFINE_string("root", "runs/sweeps", "run: where sweep folders go (local or gs://bucket/prefix).",
                     flag_values=FLAGS)
 flags.DEFINE_multi_string("grid", [], "run: a grid axis FIELD=V1,V2,... (repeat for a cartesian product), e.g. "
-                          "train.lr=1e-3,3e-3.", flag_values=FLAGS)
+                          "optim.lr=1e-3,3e-3.", flag_values=FLAGS)
 flags.DEFINE_multi_string("run", [], "run: one explicit run 'FIELD=V FIELD=V' (repeat for a list).", flag_values=FLAGS)
-flags.DEFINE_string("spec", None, 'run: JSON file (local or gs://) {"grid": {"train.lr": [..]}, '
+flags.DEFINE_string("spec", None, 'run: JSON file (local or gs://) {"grid": {"optim.lr": [..]}, '
                     '"runs": [{"model.arch": "gpt2"}]}.',
                     flag_values=FLAGS)
 flags.DEFINE_enum("mode", "local", ["local", "slurm"], "run: local = one after another here; slurm = one sbatch job "

@@ -24,7 +24,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -37,7 +36,8 @@ import numpy as np
 
 from mosaic_jax.io import storage
 from mosaic_jax.models import registry
-from mosaic_jax.models.config import ImplConfig, ModelConfig
+from mosaic_jax.models.config import ModelConfig
+from mosaic_jax.training import legacy_config
 
 ALGORITHM = "u32-weighted-sum-x2"
 _SEEDS = (0x9E3779B9, 0x7F4A7C15)
@@ -46,7 +46,6 @@ _SEEDS = (0x9E3779B9, 0x7F4A7C15)
 # has no position table (checked below). Every other model field defines the function or the parameter shapes;
 # the `impl` section (dtype, kernels, scan, remat) may change too.
 RESUMABLE_MODEL_FIELDS = frozenset({"ic_dropout", "hd_dropout", "family_module", "block_size", "vocab_multiple"})
-IMPL_FIELDS = frozenset(f.name for f in dataclasses.fields(ImplConfig))   # in `model` in configs saved by earlier versions
 
 
 # ---- checksums ----------------------------------------------------------------------------------------------
@@ -188,18 +187,20 @@ def verify_file_record(step_dir: str | pathlib.Path) -> Optional[str]:
 
 # ---- resume compatibility -----------------------------------------------------------------------------------
 def config_differences(saved: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
-    """['model.n_layer: saved 4, requested 2', ...] for the fields a resume cannot change (resolved configs)."""
+    """['model.n_layer: saved 4, requested 2', ...] for the fields a resume cannot change (resolved configs; one
+    saved by an older version is read in the current layout first, legacy_config.upgrade)."""
+    saved, requested = legacy_config.upgrade(saved), legacy_config.upgrade(requested)
     out = []
     sm, rm = saved.get("model", {}), requested.get("model", {})
-    for name in sorted(set(sm) & set(rm) - RESUMABLE_MODEL_FIELDS - IMPL_FIELDS):
+    for name in sorted(set(sm) & set(rm) - RESUMABLE_MODEL_FIELDS):
         if sm[name] != rm[name]:
             out.append(f"model.{name}: saved {sm[name]!r}, requested {rm[name]!r}")
     if sm.get("arch") == rm.get("arch") and sm.get("block_size") != rm.get("block_size") and _has_positions(rm):
         out.append(f"model.block_size: saved {sm.get('block_size')!r}, requested {rm.get('block_size')!r} "
                    "(learned positions)")
-    st, rt = saved.get("train", {}), requested.get("train", {})
-    if "grad_clip" in st and "grad_clip" in rt and (st["grad_clip"] > 0) != (rt["grad_clip"] > 0):
-        out.append(f"train.grad_clip: saved {st['grad_clip']!r}, requested {rt['grad_clip']!r} "
+    so, ro = saved.get("optim", {}), requested.get("optim", {})
+    if "grad_clip" in so and "grad_clip" in ro and (so["grad_clip"] > 0) != (ro["grad_clip"] > 0):
+        out.append(f"optim.grad_clip: saved {so['grad_clip']!r}, requested {ro['grad_clip']!r} "
                    "(clipping on/off changes the optimizer state)")
     return out
 

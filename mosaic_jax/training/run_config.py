@@ -1,4 +1,4 @@
-"""Training configuration: an ml_collections ConfigDict with sections `model`, `data`, `train`, `mesh`.
+"""Training configuration: an ml_collections ConfigDict with sections `model`, `data`, `train`, `optim`, `mesh`.
 
 Experiment presets (`mosaic_jax/presets/*.py`, `--config=NAME`) start from `base_config()` and change a few
 fields; the command line overrides any field (`--config.train.steps=100`). The dict is locked, so a misspelt field
@@ -25,7 +25,7 @@ from mosaic_jax.kernels import platform
 from mosaic_jax.models import registry
 from mosaic_jax.models.config import ImplConfig, ModelConfig, common_fields
 from mosaic_jax.ops import dispatch
-from mosaic_jax.training import sections, trackers
+from mosaic_jax.training import legacy_config, sections, trackers
 from mosaic_jax.training.sections import DataConfig, MeshConfig, OptimConfig, TrainConfig
 
 
@@ -100,7 +100,7 @@ def _checked(raw: dict[str, Any]) -> dict[str, Any]:
         _require(section.name in raw, section.name, None, "missing config section")
         known = {f.name: f for f in section.fields()}
         for name in raw[section.name]:
-            moved = sections.MOVED.get(f"{section.name}.{name}")
+            moved = legacy_config.moved_to(f"{section.name}.{name}")
             _require(name in known, f"{section.name}.{name}", raw[section.name][name],
                      f"this field moved to {moved}" if moved else "no such config field")
         for name, f in known.items():
@@ -162,7 +162,7 @@ def resolve(cfg: ml_collections.ConfigDict, data_vocab_size: Optional[int] = Non
     `platform.target`). `require_data=False` (`train --print_config`): data.path may be unset and
     model.vocab_size stays 0 when the data's vocabulary is not known."""
     cfg = ml_collections.ConfigDict(_checked(cfg.to_dict()))  # unlocked deep copy: the caller's config is untouched
-    m, d, t = cfg.model, cfg.data, cfg.train
+    m, d, t, o = cfg.model, cfg.data, cfg.train, cfg.optim
 
     if require_data:
         _require(bool(d.path), "data.path", d.path,
@@ -189,8 +189,9 @@ def resolve(cfg: ml_collections.ConfigDict, data_vocab_size: Optional[int] = Non
 
     for name in ("steps", "global_batch", "microbatches", "checkpoint_every", "keep_checkpoints", "log_every"):
         _require(int(t[name]) > 0, f"train.{name}", t[name], "must be positive")
-    for name in ("eval_every", "eval_batches", "sample_tokens", "seed", "warmup_steps"):
+    for name in ("eval_every", "eval_batches", "sample_tokens", "seed"):
         _require(int(t[name]) >= 0, f"train.{name}", t[name], "must be >= 0")
+    _require(int(o.warmup_steps) >= 0, "optim.warmup_steps", o.warmup_steps, "must be >= 0")
     rows = t.global_batch // t.microbatches
     _require(t.global_batch % t.microbatches == 0, "train.microbatches", t.microbatches,
              f"does not divide train.global_batch={t.global_batch}")
@@ -199,8 +200,8 @@ def resolve(cfg: ml_collections.ConfigDict, data_vocab_size: Optional[int] = Non
              f"{data_parallel} data-parallel devices (mesh.data x mesh.fsdp)")
     _require(t.global_batch % process_count == 0, "train.global_batch", t.global_batch,
              f"not divisible by the {process_count} processes")
-    if t.decay_steps == 0:
-        t.decay_steps = t.steps
+    if o.decay_steps == 0:
+        o.decay_steps = t.steps
     if t.eval_batch_size == 0:
         t.eval_batch_size = t.global_batch
     _require(t.eval_batch_size % data_parallel == 0, "train.eval_batch_size", t.eval_batch_size,
@@ -211,7 +212,7 @@ def resolve(cfg: ml_collections.ConfigDict, data_vocab_size: Optional[int] = Non
         raise ConfigError(f"train.trackers: {e}") from None
     parse_profile_steps(t.profile_steps, t.steps)
     try:
-        optim_cfg = build(OptimConfig, t, "train")
+        optim_cfg = build(OptimConfig, o, "optim")
     except ValueError as e:
         raise ConfigError(str(e)) from None
     impl = resolve_impl(model_cfg, backend or platform.backend(), int(d.seq_len),

@@ -1,11 +1,11 @@
 """The typed sections of the training config: `model` (the shared fields of ModelConfig, then each family's own
-section), `impl` (ImplConfig: the implementation switches), `data`, `train` (TrainConfig and the optimizer's
-OptimConfig, whose fields the command line keeps under `train.*`) and `mesh`.
+section), `impl` (ImplConfig: the implementation switches), `data`, `train` (TrainConfig), `optim` (the optimizer's
+OptimConfig) and `mesh`.
 
 Each field's type, default and help are written once, here (and in models/config.py for the model), as dataclass
 field metadata: `run_config.base_config()` takes its ConfigDict defaults from them, `run_config.resolve()` builds
 the frozen dataclasses from the (overridden) ConfigDict, and `train --help` lists them. A field whose command-line
-default means "derived at resolve time" (0 for `train.decay_steps`: = train.steps) says so in `Section.derived`.
+default means "derived at resolve time" (0 for `optim.decay_steps`: = train.steps) says so in `Section.derived`.
 No JAX at import: every CLI imports this module; only listing the `model` section loads the families (and JAX).
 """
 from __future__ import annotations
@@ -69,7 +69,7 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """The optimizer (training/optim.py); on the command line its fields are `train.lr`, `train.b1`, ..."""
+    """The optimizer (training/optim.py): the `optim` section, `--config.optim.lr`, ... (older versions: `train.*`)."""
     lr: float = field(5e-3, "peak learning rate")
     min_lr: float = field(1e-4, "learning rate at the end of the cosine")
     warmup_steps: int = field(2000, "linear warm-up steps")
@@ -82,12 +82,12 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ValueError(f"train.lr={self.lr}, train.min_lr={self.min_lr}: need 0 <= min_lr <= lr, lr > 0")
+            raise ValueError(f"optim.lr={self.lr}, optim.min_lr={self.min_lr}: need 0 <= min_lr <= lr, lr > 0")
         if self.warmup_steps < 0 or self.decay_steps < 1:
-            raise ValueError(f"train.warmup_steps={self.warmup_steps}, train.decay_steps={self.decay_steps}: "
+            raise ValueError(f"optim.warmup_steps={self.warmup_steps}, optim.decay_steps={self.decay_steps}: "
                              "need warmup_steps >= 0 and decay_steps >= 1")
         if self.grad_clip < 0 or self.weight_decay < 0:
-            raise ValueError(f"train.grad_clip={self.grad_clip}, train.weight_decay={self.weight_decay} must be >= 0")
+            raise ValueError(f"optim.grad_clip={self.grad_clip}, optim.weight_decay={self.weight_decay} must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,13 +134,10 @@ def all_sections(family_module: str = "") -> tuple[Section, ...]:
 SECTIONS = (   # the sections that do not depend on the registered families
     Section("impl", (ImplConfig,)),
     Section("data", (DataConfig,)),
-    Section("train", (TrainConfig, OptimConfig), {"decay_steps": (0, "0: = train.steps")}),
+    Section("train", (TrainConfig,)),
+    Section("optim", (OptimConfig,), {"decay_steps": (0, "0: = train.steps")}),
     Section("mesh", (MeshConfig,)),
 )
-
-
-# Fields that moved to another section: the old spelling is refused with the new one named.
-MOVED = {f"model.{name}": f"impl.{name}" for name in (f.name for f in describe(ImplConfig))}
 
 
 def owners() -> dict[str, list[str]]:
