@@ -1,15 +1,17 @@
-"""Training configuration: an ml_collections ConfigDict with sections `model`, `data`, `train`, `optim`, `mesh`.
+"""Training configuration: an ml_collections ConfigDict with sections `model`, `impl`, `data`, `train`, `optim`,
+`mesh`.
 
 Experiment presets (`mosaic_jax/presets/*.py`, `--config=NAME`) start from `base_config()` and change a few
 fields; the command line overrides any field (`--config.train.steps=100`). The dict is locked, so a misspelt field
-is an error. Every field's type, default and help are declared once, in the typed sections (training/sections.py,
-models/config.py); `base_config()` is made from them.
+is an error, and a field that moved names its new place (legacy_config). Every field's type, default and help are
+declared once, in the typed sections (training/sections.py, models/config.py, each family's fields); `base_config()`
+is made from them.
 
 `resolve()` validates everything up front (types included) and fills the derived fields (vocab size from the data,
 decay steps = steps, ...) so that bad input fails before anything is written. It returns the typed sections
-(`Resolved.model/optim/data/train/mesh`) and `Resolved.impl`: what each "auto" implementation switch the family
-reads resolves to on this backend for the training step (ops/dispatch.py), recorded in config.json as
-`resolved_impl`.
+(`Resolved.model/optim/data/train/mesh`), with every "auto" implementation switch the family reads replaced by
+what the rules of ops/dispatch.py choose on this backend (`model`: the training step, `eval_model`: evaluation;
+`requested_model` as asked), and `Resolved.impl`, the record of both, written to config.json as `resolved_impl`.
 """
 from __future__ import annotations
 

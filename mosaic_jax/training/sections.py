@@ -118,7 +118,7 @@ class Section:
 def model_section(family_module: str = "") -> Section:
     """`model`: the fields every family has, then each registered family's own (Family.fields, e.g. the v1
     mosaic's pmem_size, v2's short_window), with `family_module` imported first so that a plug-in's fields can
-    be set too. resolve() keeps those of the chosen `arch` and refuses a changed field of another family."""
+    be set too. resolve() keeps the shared fields and those of the chosen `arch`."""
     if family_module:
         importlib.import_module(family_module)
     own = tuple(dict.fromkeys(f.fields for f in registry.families()))
