@@ -87,12 +87,13 @@ def test_scaling_table_and_growth_exponents():
     table = aot_scaling.format_table(rows)
     assert table.splitlines()[0] == "| model | path | T=1,024 | T=4,096 | T=8,192 | growth exponent |"
     assert "| mosaic | pallas |" in table and "1.00, 1.00" in table
-    cfg = ml_collections.ConfigDict({"model": {"arch": "mosaic", "block_size": 512, "cmem_impl": "auto",
-                                               "pmem_impl": "auto"}, "data": {"seq_len": 0, "packing": False}})
+    cfg = ml_collections.ConfigDict({"model": {"arch": "mosaic", "block_size": 512},
+                                     "impl": {"cmem_impl": "auto", "pmem_impl": "auto", "v2_impl": "auto"},
+                                     "data": {"seq_len": 0, "packing": False}})
     c = aot_scaling.with_path(cfg, 8192, "pallas")
     assert (c.data.seq_len, c.model.block_size, c.impl.cmem_impl, c.impl.pmem_impl) == (8192, 8192, "pallas",
                                                                                            "pallas")
-    assert "v2_impl" not in c.model and cfg.impl.cmem_impl == "auto"     # the caller's config is untouched
+    assert cfg.impl.cmem_impl == "auto"     # the caller's config is untouched
     with pytest.raises(ValueError, match="unknown path"):
         aot_scaling.with_path(cfg, 64, "cudnn")
     with pytest.raises(ValueError, match="seq_lens"):
