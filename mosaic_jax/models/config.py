@@ -45,11 +45,17 @@ class ImplConfig:
     scan_layers: bool = field(True, "lax.scan over stacked layers (fast compile) or an unrolled loop")
     remat: str = field("none", '"none" | "full" | "dots" (jax.checkpoint policy per block)')
 
-    ALLOWED: ClassVar[Mapping[str, tuple[str, ...]]] = {"dtype": ("float32", "bfloat16", "float16"), "leaky_impl": ("auto", "matrix", "scan", "chunked"),
-               "cmem_impl": ("auto", "dense", "flash", "fused", "pallas"),
-               "pmem_impl": ("auto", "dense", "flash", "fused", "pallas"), "loss_impl": ("auto", "dense", "fused"),
-               "proj_impl": ("auto", "dense", "fused"), "v2_impl": ("auto", "dense", "flash", "blockwise", "pallas"),
-               "v2_key_impl": ("auto", "scan", "matrix"), "remat": ("none", "full", "dots")}
+    ALLOWED: ClassVar[Mapping[str, tuple[str, ...]]] = {
+        "dtype": ("float32", "bfloat16", "float16"),
+        "leaky_impl": ("auto", "matrix", "scan", "chunked"),
+        "cmem_impl": ("auto", "dense", "flash", "fused", "pallas"),
+        "pmem_impl": ("auto", "dense", "flash", "fused", "pallas"),
+        "loss_impl": ("auto", "dense", "fused"),
+        "proj_impl": ("auto", "dense", "fused"),
+        "v2_impl": ("auto", "dense", "flash", "blockwise", "pallas"),
+        "v2_key_impl": ("auto", "scan", "matrix"),
+        "remat": ("none", "full", "dots"),
+    }
 
     def __post_init__(self) -> None:
         for name, allowed in self.ALLOWED.items():
