@@ -201,7 +201,10 @@ def test_uninterrupted_run(full_run, tiny_data):
     assert cfg["model"]["vocab_size"] == 320 and cfg["optim"]["decay_steps"] == STEPS   # resolved fields
     assert cfg["data"]["path"] == str(tiny_data)
     cpu = {"leaky_impl": "scan", "cmem_impl": "fused", "pmem_impl": "fused", "proj_impl": "fused", "loss_impl": "fused"}
-    assert cfg["resolved_impl"] == {"backend": "cpu", "seq_len": 32, "train": cpu, "eval": cpu}   # what ran
+    assert {k: v for k, v in cfg["resolved_impl"].items() if k != "requested"} == {
+        "backend": "cpu", "seq_len": 32, "train": cpu, "eval": cpu}   # what ran
+    assert {k: cfg["impl"][k] for k in cpu} == cpu                     # substituted in the impl section
+    assert {k: cfg["resolved_impl"]["requested"][k] for k in cpu} == dict.fromkeys(cpu, "auto")   # as asked
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [4, 8, 12, 16]
     assert (workdir / "export" / "model_config.json").exists()

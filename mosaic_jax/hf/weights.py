@@ -90,13 +90,14 @@ def gpt2_from_hf(hf_config: Mapping[str, Any], sd: Mapping[str, np.ndarray]) -> 
 # Memory mosaics
 # ---------------------------------------------------------------------------------------------------------------
 def mosaic_config_dict(cfg: ModelConfig, eos_id: int) -> dict[str, Any]:
-    """The fields of `modeling_mosaic.MosaicConfig` (the v2 ones are ignored by v1)."""
+    """The fields of `modeling_mosaic.MosaicConfig`: the shared ones, and those of the family's section it has
+    (v1: the slots and key kernel; v2: the memories' sizes); MosaicConfig's defaults stand for the others."""
+    own = {"pmem_size": "pmem_size", "pmem_count": "pmem_count", "k_kernel_size": "k_kernel_size",
+           "n_head_short": "short_heads", "n_head_long": "long_heads", "short_lookback": "short_lookback",
+           "long_skip_eval": "long_skip_eval", "ffn_dim": "ffn_dim"}   # MosaicConfig name -> ModelConfig name
     return {"arch": cfg.arch, "vocab_size": cfg.vocab_size, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
-            "n_embd": cfg.n_embd, "block_size": cfg.block_size, "pmem_size": cfg.pmem_size,
-            "pmem_count": cfg.pmem_count, "k_kernel_size": cfg.k_kernel_size, "bias": cfg.bias,
-            "weight_tying": cfg.weight_tying, "n_head_short": cfg.short_heads, "n_head_long": cfg.long_heads,
-            "short_lookback": cfg.short_lookback,   # read by the v2 blocks only
-            "long_skip_eval": cfg.long_skip_eval, "ffn_dim": cfg.ffn_dim,
+            "n_embd": cfg.n_embd, "block_size": cfg.block_size, "bias": cfg.bias, "weight_tying": cfg.weight_tying,
+            **{theirs: getattr(cfg, ours) for theirs, ours in own.items() if hasattr(cfg, ours)},
             "bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id}
 
 
