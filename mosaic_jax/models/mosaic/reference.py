@@ -311,7 +311,7 @@ def state_dict_from_params(cfg: ModelConfig, params: Mapping[str, Any]) -> State
 def reference_model_args(cfg: ModelConfig) -> dict[str, Any]:
     keys = ("vocab_size", "n_head", "n_embd", "n_layer", "v_shift", "block_size", "k_kernel_size", "v_kernel_size",
             "ic_dropout", "hd_dropout", "bias", "pmem_count", "pmem_size", "pre_ln", "weight_tying")
-    args = {k: getattr(cfg, k) for k in keys}
+    args = {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}   # GPT-2 has no slots or key kernels
     args.update(k_fe_type="linearconv", v_fe_type="lowrlinearconv", arch=cfg.arch)
     return args
 
