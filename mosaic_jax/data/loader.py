@@ -21,7 +21,6 @@ import threading
 import time
 from typing import Iterator
 
-import grain
 import numpy as np
 from absl import flags
 
@@ -183,6 +182,7 @@ def make_iterator(
     ``num_steps`` bounds the iterator (default: practically endless). Workers end when this process dies, even
     by SIGKILL (`_die_with_parent`).
     """
+    import grain   # here: grain imports jax (~3 s), which data preparation and its spawned workers never need
 
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
