@@ -20,13 +20,18 @@ import pathlib
 import sys
 from typing import Any, Optional, Sequence
 
+import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
 from mosaic_jax import cli_util
 from mosaic_jax.io import storage   # first: STORAGE_EMULATOR_HOST for gcsfs and tensorstore
+from mosaic_jax.data import ingest
+from mosaic_jax.data.errors import DataError
+from mosaic_jax.generate import InferenceLoadError, load_for_inference
 from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
+from mosaic_jax.tasks.analysis import attention_maps, token_losses
 
 
 def corpus_windows(ids: Sequence[int], window: int) -> np.ndarray:
@@ -41,9 +46,6 @@ def corpus_windows(ids: Sequence[int], window: int) -> np.ndarray:
 
 def score_windows(cfg: ModelConfig, params: Any, windows_NT1: np.ndarray, batch_size: int) -> np.ndarray:
     """Per-token losses (N, T) in fixed-shape batches (the last one padded, so one compile)."""
-    import jax.numpy as jnp
-
-    from mosaic_jax.tasks.analysis import token_losses
 
     N = len(windows_NT1)
     out = []
@@ -65,7 +67,7 @@ def summarize(losses_NT: np.ndarray) -> dict[str, Any]:
 
 def write_outputs(out_dir: pathlib.Path, summary: dict[str, Any], block_size: int, title: str) -> list[pathlib.Path]:
     """eval.json, per_position_loss.csv and per_position_loss.png."""
-    import matplotlib
+    import matplotlib   # here: Agg is chosen before pyplot loads, and only when plotting (not on import)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -101,7 +103,7 @@ def write_outputs(out_dir: pathlib.Path, summary: dict[str, Any], block_size: in
 
 def plot_attention(maps_HTT: np.ndarray, heads: Sequence[int], labels: Sequence[str], layer: int,
                    path: pathlib.Path, title: str) -> None:
-    import matplotlib
+    import matplotlib   # here: Agg is chosen before pyplot loads, and only when plotting (not on import)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -150,7 +152,6 @@ flags.DEFINE_string("tokenizer", None, "Tokenizer spec, if the run's data folder
 def read_corpus(files: Sequence[str], tok: Any) -> list[int]:
     """Token ids of `files` joined by EOS; each file is one document, read like prepare_data reads it
     (gzip, JSONL objects, UTF-8 with undecodable bytes replaced by U+FFFD and counted, binary refused)."""
-    from mosaic_jax.data import ingest
     ids: list[int] = []
     for f in files:
         if not storage.path(f).is_file():   # a local file or a gs:// object (ingest streams it)
@@ -165,8 +166,6 @@ def read_corpus(files: Sequence[str], tok: Any) -> list[int]:
 
 def _evaluate(rest: list[str]) -> int:
     args = cli_util.namespace(FLAGS)
-    from mosaic_jax.data.errors import DataError
-    from mosaic_jax.generate import load_for_inference
 
     if not args.workdir:
         raise cli_util.UsageError("--workdir is required")
@@ -193,7 +192,6 @@ def _evaluate(rest: list[str]) -> int:
             print(f"loss {summary['loss']:.4f} | perplexity {summary['perplexity']:.2f} | "
                   f"{summary['tokens_scored']:,} tokens in {summary['windows']} windows of {window}")
         if args.attention_text:
-            from mosaic_jax.tasks.analysis import attention_maps
             ids = [tok.eos_id] + tok.encode(args.attention_text)
             layer = args.attention_layer
             heads = range(cfg.n_head) if args.attention_head < 0 else [args.attention_head]
@@ -215,7 +213,6 @@ def _evaluate(rest: list[str]) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The CLI; returns the exit status (2: bad flags, 1: unreadable run or input)."""
-    from mosaic_jax.generate import InferenceLoadError
     return cli_util.run("evaluate", FLAGS, _evaluate, argv, doc=__doc__, errors=(InferenceLoadError,))
 
 

@@ -17,11 +17,19 @@ import pathlib
 import sys
 from typing import Any, Optional, Sequence
 
+import jax
+import orbax.checkpoint as ocp
 from absl import flags
 
 from mosaic_jax import cli_util
 from mosaic_jax.io import storage   # first: STORAGE_EMULATOR_HOST for gcsfs and tensorstore
+from mosaic_jax.data.tokenizers import load_tokenizer
+from mosaic_jax.inference import sampling
+from mosaic_jax.io import data_cache
 from mosaic_jax.models.config import ModelConfig
+from mosaic_jax.models.lm import init_params
+from mosaic_jax.training import run_config
+from mosaic_jax.training.checkpoint import TOKENIZER_DIR
 
 
 class InferenceLoadError(RuntimeError):
@@ -47,16 +55,11 @@ def _read_json(path: pathlib.Path) -> dict[str, Any]:
 
 
 def _model_config(d: dict[str, Any]) -> ModelConfig:
-    from mosaic_jax.training import run_config
     return run_config.model_of(d)   # a full run config or a bare model config
 
 
 def _restore_params(path: pathlib.Path, cfg: ModelConfig, in_state: bool) -> Any:
     """Params onto the default device; from a TrainState item only its `params` subtree is read."""
-    import jax
-    import orbax.checkpoint as ocp
-
-    from mosaic_jax.models.lm import init_params
 
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
@@ -112,8 +115,6 @@ def _hash_problem(spec: str, tok: Any, want: Optional[str]) -> Optional[str]:
 
 
 def _load_tokenizer(spec: str) -> Any:
-    from mosaic_jax.data.tokenizers import load_tokenizer
-    from mosaic_jax.io import data_cache
     try:
         return load_tokenizer(data_cache.local_copy(spec))   # gs://: a local copy of the folder
     except ValueError as e:   # DataError
@@ -123,7 +124,6 @@ def _load_tokenizer(spec: str) -> Any:
 def _run_tokenizer(wd: pathlib.Path, data_meta: dict[str, Any]) -> Any:
     """The run's tokenizer: its recorded data folder, else the copy training left in `workdir/tokenizer/`
     (checkpoint.save_tokenizer); the first whose hash matches the checkpoint's wins."""
-    from mosaic_jax.training.checkpoint import TOKENIZER_DIR
 
     run_cfg = _read_json(wd / "config.json") if (wd / "config.json").is_file() else {}
     recorded = data_meta.get("path") or run_cfg.get("data", {}).get("path")
@@ -214,7 +214,6 @@ def _generate(rest: list[str]) -> int:
     if not args.workdir:
         raise cli_util.UsageError("--workdir is required")
     prompt = _prompt_text(args.prompt)
-    from mosaic_jax.inference import sampling
 
     try:
         cfg, params, tok = load_for_inference(args.workdir, args.step, args.tokenizer)

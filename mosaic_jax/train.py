@@ -18,13 +18,21 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
+import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
 from mosaic_jax import cli_util
 from mosaic_jax.io import storage             # first: maps STORAGE_EMULATOR_HOST before gcsfs/tensorstore load
+from mosaic_jax.data import loader, store, tokenizers
+from mosaic_jax.data.errors import DataError
+from mosaic_jax.models import flops
 from mosaic_jax.parallel import distributed   # defines --coordinator_address, --num_processes, --process_id, ...
-from mosaic_jax.training import run_guard     # defines --break_lock
+from mosaic_jax.parallel import sharding
+from mosaic_jax.training import (checkpoint, hooks, loop, metrics, run_config, run_guard,  # run_guard: --break_lock
+                                 setup, train_state, train_step)
+from mosaic_jax.training.checkpoint import CheckpointError
+from mosaic_jax.training.run_config import ConfigError
 
 config_flags.DEFINE_config_file("config", None, "A preset name (tiny_cpu, babistories_mm, ...: mosaic_jax/presets/) "
                                 "or an ml_collections config file.")
@@ -34,7 +42,6 @@ _PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print the resolved con
 
 
 def _say(message: str) -> None:
-    import jax
     if jax.process_index() == 0:
         print(message, flush=True)
 
@@ -54,12 +61,6 @@ class _Run:
 
 def _validate(config: Any, workdir: str) -> _Run:
     """Check every input and open the data; nothing is written (a ConfigError/DataError names the field or file)."""
-    import jax
-
-    from mosaic_jax.data import loader, store
-    from mosaic_jax.data.errors import DataError
-    from mosaic_jax.parallel import sharding
-    from mosaic_jax.training import run_config
 
     if config is None:
         raise run_config.ConfigError("--config is required (e.g. --config=tiny_cpu)")
@@ -96,7 +97,6 @@ def _validate(config: Any, workdir: str) -> _Run:
 
 def _restore_or_init(r: _Run, su: Any, ckpt: Any) -> Any:
     """The newest checkpoint that restores (checkpoint.Checkpointer.restore), else a fresh sharded state."""
-    from mosaic_jax.training import train_state
 
     restored = ckpt.restore(su.abstract_state, say=_say) if ckpt.latest_step() is not None else None
     if restored is None:
@@ -109,9 +109,6 @@ def _restore_or_init(r: _Run, su: Any, ckpt: Any) -> Any:
 def _default_loop(r: _Run, su: Any, ckpt: Any, writer: Any, preempt: run_guard.StopRequest) -> tuple[Any, Any]:
     """train's loop and hooks, in this order each step: Profile, LogMetrics (as metrics are fetched), Checkpoint
     (poll, stop agreement, save), EvalAndSample (every eval_every). Returns (loop, the evaluation hook)."""
-    from mosaic_jax.data import tokenizers
-    from mosaic_jax.models import flops
-    from mosaic_jax.training import hooks, loop, run_config
 
     cfg, t, d = r.rc.model, r.rc.train, r.rc.data
     flops_per_token = flops.train_flops_per_token(cfg, d.seq_len)
@@ -137,10 +134,6 @@ def _default_loop(r: _Run, su: Any, ckpt: Any, writer: Any, preempt: run_guard.S
 
 def train(config: Any, workdir: str) -> dict[str, Any]:
     """Run (or resume) training; returns a summary (final step, last train/eval metrics, last sample)."""
-    import jax
-
-    from mosaic_jax.data import loader
-    from mosaic_jax.training import checkpoint, metrics, setup, train_state, train_step
 
     preempt = run_guard.StopRequest()
     preempt.install()   # first thing: a SIGTERM/SIGINT during set-up or compilation must not kill the run uncleanly
@@ -197,12 +190,6 @@ def print_config(config: Any) -> int:
     """`--print_config`: the resolved config as JSON on stdout, exactly what a run would record in config.json.
     Nothing is written. The vocabulary comes from a local data.path's manifest; with data.path unset, missing or
     remote (not downloaded here) model.vocab_size stays unresolved (0) and a note on stderr says why."""
-    import jax
-
-    from mosaic_jax.data import store
-    from mosaic_jax.data.errors import DataError
-    from mosaic_jax.parallel import sharding
-    from mosaic_jax.training import run_config
 
     if config is None:
         raise run_config.ConfigError("--config is required (e.g. --config=tiny_cpu)")
@@ -230,9 +217,6 @@ def _body(rest: list[str]) -> int:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)   # Orbax logs every save at INFO; --verbosity=0 shows them
         run_guard.quiet_orbax_errors()           # and a failed save with tracebacks: reported below in one line
-    from mosaic_jax.training.checkpoint import CheckpointError
-    from mosaic_jax.training.run_config import ConfigError
-    from mosaic_jax.data.errors import DataError
     config = cli_util.load_config(flags.FLAGS)
     if _PRINT_CONFIG.value:
         try:

@@ -52,7 +52,7 @@ def parse_spec(spec: str) -> tuple[str, list[str], Optional[str]]:
 
 def _datasets(spec: str) -> Any:
     try:
-        import datasets
+        import datasets   # optional: extra [datasets]
     except ImportError:
         raise DataError(f"{spec}: hf: inputs need the datasets package (pip install 'mosaic_jax[datasets]')") from None
     datasets.disable_progress_bars()   # prepare shows its own progress; datasets' bars would interleave with it

@@ -104,7 +104,7 @@ def _expand_remote(url: str, include: Sequence[str]) -> list[str]:
     url = url.rstrip("/")
     try:
         if any(ch in url for ch in "*?["):
-            import fsspec
+            import fsspec   # optional: extra [gcs] (gs:// globs)
             matched = fsspec.filesystem("gs").glob(url[len("gs://"):], detail=True)
             found = sorted("gs://" + f for f, info in matched.items() if info.get("type") != "directory")
             if not found:

@@ -22,6 +22,7 @@ import time
 from typing import Iterator
 
 import numpy as np
+from absl import flags
 
 from mosaic_jax.data import store
 from mosaic_jax.data.batch import IGNORE, Batch
@@ -181,7 +182,7 @@ def make_iterator(
     ``num_steps`` bounds the iterator (default: practically endless). Workers end when this process dies, even
     by SIGKILL (`_die_with_parent`).
     """
-    import grain
+    import grain   # here: grain imports jax (~3 s), which data preparation and its spawned workers never need
 
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
@@ -203,7 +204,6 @@ def make_iterator(
 def _ensure_absl_flags_parsed() -> None:
     """grain's mp_prefetch reads absl flags; outside absl.app.run they are unparsed and reading raises.
     Marking them parsed keeps every flag at its default, which is what a non-absl program means."""
-    from absl import flags
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()

@@ -24,6 +24,7 @@ import uuid
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from mosaic_jax.data import hf_source, ingest, store, tokenizers
 from mosaic_jax.data.errors import DataError
@@ -191,8 +192,6 @@ def _sample_for_tokenizer(
 
 
 def _tqdm(enabled: bool, total: int | None, desc: str) -> Any:
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not enabled, dynamic_ncols=True)
 
 

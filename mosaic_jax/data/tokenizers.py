@@ -15,6 +15,7 @@ import os
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import sentencepiece as spm
 
 from mosaic_jax.data.errors import DataError
 from mosaic_jax.data.tokenizer_base import (BOS_ID, EOS_ID, MANIFEST_FILE, PAD_ID, TOKENIZER_FILE,  # noqa: F401
@@ -72,8 +73,6 @@ class SentencePieceTokenizer(Tokenizer):
 
     def _processor(self) -> Any:
         if self._sp is None:
-            import sentencepiece as spm
-
             sp = spm.SentencePieceProcessor()
             try:
                 sp.LoadFromSerializedProto(self.model_proto)
@@ -128,7 +127,6 @@ def train_sentencepiece(
     Byte fallback makes every string encodable; the identity normalisation and kept whitespace make
     decode(encode(text)) == text. Special ids are fixed: pad 0, eos 1, bos 2, unk 3.
     """
-    import sentencepiece as spm
 
     if model_type not in ("bpe", "unigram"):
         raise DataError(f"sentencepiece model type {model_type!r}: choose bpe or unigram")

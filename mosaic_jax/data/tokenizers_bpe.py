@@ -51,7 +51,7 @@ class Gpt2Tokenizer(Tokenizer):
         if self._enc is not None:
             return self._enc
         try:
-            import tiktoken
+            import tiktoken   # optional: extra [tiktoken]
             import tiktoken.load
             from tiktoken_ext import openai_public
         except ImportError:
@@ -171,7 +171,7 @@ class HFTokenizer(Tokenizer):
     def _tokenizer(self) -> Any:
         if self._tok is None:
             try:
-                import tokenizers as hf_tokenizers
+                import tokenizers as hf_tokenizers   # optional: extra [hf]
             except ImportError:
                 raise DataError(f"tokenizer hf:{self.source} needs the optional package tokenizers "
                                 "(pip install 'mosaic_jax[hf]' or pip install tokenizers)") from None

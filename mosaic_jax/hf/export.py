@@ -21,7 +21,11 @@ import uuid
 from typing import Any, Optional, Union
 
 from etils import epath
+from safetensors.numpy import save_file
 
+from mosaic_jax.generate import InferenceLoadError, load_for_inference
+from mosaic_jax.hf import weights
+from mosaic_jax.hf.tokenizer import TokenizerExportError, save_hf_tokenizer
 from mosaic_jax.io import data_cache, storage
 from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
@@ -84,20 +88,18 @@ def model_card(cfg: ModelConfig, run: dict[str, Any], last: dict[str, dict[str, 
 
 
 def _write_weights(path: pathlib.Path, sd: dict[str, Any]) -> None:
-    from safetensors.numpy import save_file
     save_file(sd, str(path), metadata={"format": "pt"})   # transformers reads "pt"-tagged files
 
 
 def _write_model(cfg: ModelConfig, params: Any, tok: Any, folder: pathlib.Path) -> None:
-    from mosaic_jax.hf import weights
     eos = int(tok.eos_id)
     how = registry.of(cfg).hf_export
     if how == "gpt2":
-        from transformers import GPT2Config
+        from transformers import GPT2Config   # optional: extra [hf]
         GPT2Config(**weights.gpt2_config_dict(cfg, eos)).save_pretrained(str(folder))
         _write_weights(folder / "model.safetensors", weights.gpt2_state_dict(cfg, params))
     elif how == "remote":
-        from mosaic_jax.hf.modeling_mosaic import MosaicConfig
+        from mosaic_jax.hf.modeling_mosaic import MosaicConfig   # optional: imports torch, transformers (extra [hf])
         hf_cfg = MosaicConfig(**weights.mosaic_config_dict(cfg, eos))
         hf_cfg.auto_map = {"AutoConfig": "modeling_mosaic.MosaicConfig",
                            "AutoModelForCausalLM": "modeling_mosaic.MosaicForCausalLM"}
@@ -107,7 +109,7 @@ def _write_model(cfg: ModelConfig, params: Any, tok: Any, folder: pathlib.Path) 
         _write_weights(folder / "model.safetensors", weights.mosaic_state_dict(cfg, params))
     else:
         raise ExportError(f"arch {cfg.arch!r} has no Hugging Face export (Family.hf_export is empty)")
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig   # optional: extra [hf]
     # no cache for the mosaic's remote code (it recomputes the prefix); the first sampled token follows EOS
     GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, do_sample=False,
                      use_cache=how == "gpt2").save_pretrained(str(folder))
@@ -131,7 +133,6 @@ def export_hf(workdir: str, out: str, *, step: Optional[int] = None, tokenizer: 
               push_to_hub: Optional[str] = None) -> Union[pathlib.Path, epath.Path]:
     """Write the Hugging Face folder `out` for the run in `workdir` (newest checkpoint, or `step`); optionally
     upload it to the hub repository `push_to_hub` ("org/name"). Returns the folder (an epath.Path for gs://)."""
-    from mosaic_jax.generate import InferenceLoadError, load_for_inference
 
     _refuse_existing(out)
     try:
@@ -168,7 +169,6 @@ def export_hf(workdir: str, out: str, *, step: Optional[int] = None, tokenizer: 
 def _write_folder(cfg: ModelConfig, params: Any, tok: Any, run: dict[str, Any], wd: epath.Path,
                   folder: pathlib.Path) -> None:
     """Every file of the Hugging Face folder into the (empty, local) `folder`."""
-    from mosaic_jax.hf.tokenizer import TokenizerExportError, save_hf_tokenizer
     _write_model(cfg, params, tok, folder)
     if tok.kind == "gpt2":
         (folder / "TOKENIZER.md").write_text("This run used the GPT-2 BPE (tiktoken): load it with "
@@ -183,7 +183,7 @@ def _write_folder(cfg: ModelConfig, params: Any, tok: Any, run: dict[str, Any], 
 
 def push(folder: pathlib.Path, repo_id: str) -> None:
     """Upload `folder` to the hub model repository `repo_id` (created if needed; uses the cached login)."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi   # optional: extra [hf]
     api = HfApi()
     api.create_repo(repo_id, repo_type="model", exist_ok=True)
     api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",

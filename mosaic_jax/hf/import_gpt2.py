@@ -16,22 +16,24 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 from absl import flags
+from safetensors.numpy import load_file
 
 from mosaic_jax import cli_util
-from mosaic_jax.models.config import ModelConfig
+from mosaic_jax.data.tokenizers import MANIFEST_FILE, HFTokenizer
 from mosaic_jax.hf.weights import HFImportError, gpt2_from_hf
+from mosaic_jax.models.config import ModelConfig
+from mosaic_jax.training.checkpoint import TOKENIZER_DIR, export_params
 
 
 def _read_tensors(folder: pathlib.Path) -> dict[str, np.ndarray]:
     st = sorted(folder.glob("*.safetensors"))
     if st:
-        from safetensors.numpy import load_file
         out: dict[str, np.ndarray] = {}
         for f in st:
             out.update(load_file(str(f)))
         return out
     if (folder / "pytorch_model.bin").is_file():
-        import torch
+        import torch   # optional: extra [hf]
         sd = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
         return {k: v.float().numpy() for k, v in sd.items()}
     raise HFImportError(f"{folder}: no *.safetensors and no pytorch_model.bin")
@@ -54,8 +56,6 @@ def load_hf_gpt2(path: str | pathlib.Path) -> tuple[ModelConfig, dict[str, Any]]
 
 def import_to_workdir(hf_dir: str, workdir: str) -> pathlib.Path:
     """Write `workdir/export/` (and `workdir/tokenizer/` when the folder has a tokenizer.json)."""
-    from mosaic_jax.training.checkpoint import TOKENIZER_DIR, export_params
-    from mosaic_jax.data.tokenizers import MANIFEST_FILE, HFTokenizer
 
     wd = pathlib.Path(workdir)
     if (wd / "export").exists() or (wd / "checkpoints").exists():

@@ -31,6 +31,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from mosaic_jax.generate import load_for_inference
 from mosaic_jax.inference import sampling
 from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
@@ -53,7 +54,6 @@ class MosaicJaxLM(TemplateLM):
     def __init__(self, workdir: str, step: Optional[int] = None, tokenizer: Optional[str] = None,
                  batch_size: int | str = 8, max_length: Optional[int] = None, seed: int = 0, **_: Any) -> None:
         super().__init__()
-        from mosaic_jax.generate import load_for_inference
         self.cfg, self.params, self.tok = load_for_inference(str(workdir), None if step is None else int(step),
                                                              tokenizer)
         self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)

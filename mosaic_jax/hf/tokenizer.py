@@ -30,7 +30,7 @@ def _special_names(tok: mt.Tokenizer) -> dict[str, str]:
 
 
 def _from_sentencepiece(tok: mt.SentencePieceTokenizer) -> Any:
-    from tokenizers import AddedToken
+    from tokenizers import AddedToken   # optional: extra [hf], as below
     from transformers.convert_slow_tokenizer import SpmConverter, import_protobuf
 
     proto = import_protobuf().ModelProto()
@@ -51,7 +51,7 @@ def _from_sentencepiece(tok: mt.SentencePieceTokenizer) -> Any:
 
 
 def _from_bytes() -> Any:
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers   # optional: extra [hf]
     from tokenizers.pre_tokenizers import ByteLevel
 
     alphabet = ByteLevel.alphabet()                     # the 256 printable stand-ins of bytes 0..255, sorted
@@ -94,7 +94,7 @@ def to_tokenizers(tok: mt.Tokenizer) -> Any:
 def save_hf_tokenizer(tok: mt.Tokenizer, out_dir: str | pathlib.Path) -> list[str]:
     """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json (and `tokenizer.model` for a
     sentencepiece run) into `out_dir`; returns the file names written."""
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast   # optional: extra [hf]
 
     out = pathlib.Path(out_dir)
     if isinstance(tok, mt.HFTokenizer):

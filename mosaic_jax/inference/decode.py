@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from mosaic_jax.models import registry
+from mosaic_jax.models.lm import apply
 from mosaic_jax.models.config import ModelConfig
 from mosaic_jax.models.mosaic.layers import ln
 
@@ -187,5 +188,4 @@ def forward_with_internals(cfg: ModelConfig, params: Params, tokens_BT: Array) -
 def window_logits(cfg: ModelConfig, params: Params, windows_BW: Array, lengths_B: Array) -> Array:
     """Sliding-window recompute (the reference's `generate`): full forward of each row's last ≤ W tokens,
     right-padded, and the logits at its last valid token (B,V). The leaky sums restart at the window start."""
-    from mosaic_jax.models.lm import apply  # local: models/lm.py imports nothing from here, keep the dependency one-way
     return rows_at(apply(cfg, params, windows_BW), jnp.asarray(lengths_B, jnp.int32) - 1)

@@ -28,7 +28,7 @@ CHUNK = 64 << 20   # bytes per uploaded piece: bounds the memory of one sync
 
 def append_object(url: str, data: bytes) -> None:
     """Append `data` to the object `url` (created if absent)."""
-    from google.api_core import exceptions
+    from google.api_core import exceptions   # optional: extra [gcs]
     try:
         storage.create_exclusive(url, data)
         return

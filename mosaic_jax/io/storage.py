@@ -77,7 +77,7 @@ def list_files(root: PathLike) -> dict[str, int]:
                 f = os.path.join(dirpath, n)
                 out[os.path.relpath(f, root).replace(os.sep, "/")] = os.path.getsize(f)
         return out
-    import fsspec
+    import fsspec   # optional: extra [gcs] (gs:// listing)
     prefix = os.fspath(root)[len("gs://"):].rstrip("/") + "/"
     found = fsspec.filesystem("gs").find(prefix, detail=True)
     return {name[len(prefix):]: int(info["size"]) for name, info in found.items()
@@ -115,7 +115,7 @@ def gcs_client():   # -> google.cloud.storage.Client
     if _client is None:
         from google.cloud import storage as gcs   # optional dependency: pip install 'mosaic_jax[gcs]'
         if emulator_url() is not None:
-            from google.auth.credentials import AnonymousCredentials
+            from google.auth.credentials import AnonymousCredentials   # optional: extra [gcs]
             _client = gcs.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "emulator"),
                                  credentials=AnonymousCredentials())
         else:
@@ -131,7 +131,7 @@ def blob(url: PathLike):   # -> google.cloud.storage.Blob
 def create_exclusive(url: PathLike, data: bytes) -> int:
     """Create the object `url` only if it does not exist (generation precondition 0); its generation, or
     FileExistsError. GCS evaluates the precondition atomically: of two racing creators exactly one wins."""
-    from google.api_core import exceptions
+    from google.api_core import exceptions   # optional: extra [gcs]
     b = blob(url)
     try:
         b.upload_from_string(data, content_type="application/json", if_generation_match=0)
@@ -142,7 +142,7 @@ def create_exclusive(url: PathLike, data: bytes) -> int:
 
 def read_with_generation(url: PathLike) -> Optional[tuple[bytes, int]]:
     """(content, generation) of the object, or None when it does not exist."""
-    from google.api_core import exceptions
+    from google.api_core import exceptions   # optional: extra [gcs]
     b = blob(url)
     try:
         data = b.download_as_bytes()
@@ -156,7 +156,7 @@ def delete_if_generation(url: PathLike, generation: int) -> bool:
 
     The precondition makes this atomic on GCS. fake-gcs-server ignores preconditions on delete, so the generation
     is also compared first (a test emulator then still never deletes a newer lock, only without the atomicity)."""
-    from google.api_core import exceptions
+    from google.api_core import exceptions   # optional: extra [gcs]
     b = blob(url)
     try:
         b.reload()

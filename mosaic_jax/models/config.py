@@ -86,7 +86,7 @@ class ModelConfig:
     def __init__(self, **kwargs: Any) -> None:
         """Flat keyword arguments (any field of the three parts), or `fields=` / `impl=` section objects that the
         flat ones then override (what `dataclasses.replace` passes)."""
-        from mosaic_jax.models import registry   # here: the families import this module
+        from mosaic_jax.models import registry   # here: registry (and the families) import this module
         for f in common_fields():
             object.__setattr__(self, f.name, kwargs.pop(f.name, f.default))
         family = registry.of(self)
@@ -127,7 +127,7 @@ class ModelConfig:
     @property
     def logit_divisor(self) -> float:
         """What the family divides the logits by (the v1 mosaic: √C, as the reference does; the others: 1)."""
-        from mosaic_jax.models import registry
+        from mosaic_jax.models import registry   # here: registry imports this module
         return registry.of(self).logit_divisor(self)
 
     def replace(self, **changes: Any) -> "ModelConfig":
@@ -148,7 +148,7 @@ class ModelConfig:
         (reference model_args, or a config written when every family's fields were in one class)."""
         if strict:
             return cls(**d)
-        from mosaic_jax.models import registry
+        from mosaic_jax.models import registry   # here: registry imports this module
         family = registry.get(d.get("arch", "mosaic"), d.get("family_module", ""))
         names = ({f.name for f in common_fields()} | {f.name for f in dataclasses.fields(family.fields)}
                  | {f.name for f in dataclasses.fields(ImplConfig)})

@@ -25,10 +25,14 @@ import sys
 import threading
 from typing import Any, Callable, Mapping, Optional
 
+import jax
+from jax._src import distributed as _d
+
 # Re-exported: importing this module still defines the absl flags (--coordinator_address, ...) and callers that
 # use `distributed.Plan`, `distributed.make_plan`, ... keep working.
 from mosaic_jax.parallel.cluster import (DEFAULT_TIMEOUT_S, ENV_VARS, FLAG_NAMES, MODES, DistributedError,  # noqa: F401
                                 Plan, detect_cluster, flag_settings, make_plan, read_settings)
+from mosaic_jax.parallel import sharding as sh
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +92,6 @@ def timeout_message(plan: Plan, probe: str) -> str:
 def initialize(plan: Plan) -> Plan:
     """`jax.distributed.initialize` for `plan`, with a watchdog that turns a rendezvous timeout into one clear
     line naming the coordinator (exit status 1) instead of XLA's abort. Returns the resolved plan."""
-    import jax
 
     if jax.config.values.get("jax_cpu_collectives_implementation") in (None, "", "none"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")   # CPU processes need real collectives
@@ -128,10 +131,8 @@ def barrier(name: str, timeout_s: int = 1800) -> None:
     """Wait until every process reaches this point (the coordination service's barrier: no device collective,
     any timeout). A no-op with one process. Call it at the same points, in the same order, on every process."""
     global _barriers
-    import jax
     if jax.process_count() == 1:
         return
-    from jax._src import distributed as _d
     _barriers += 1
     _d.global_state.client.wait_at_barrier(f"mosaic_jax:{_barriers}:{name}", timeout_in_ms=int(timeout_s * 1000))
 
@@ -144,7 +145,6 @@ def compile_then_align(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
     process can finish compiling much later than another (a loaded machine, a compilation-cache hit on one
     side only): without the barrier the early process fails with "Gloo context initialization failed".
     Harmless on GPU/TPU, where the same barrier just aligns the start."""
-    import jax
     if jax.process_count() == 1:
         return fn
     compiled: dict[Any, Any] = {}
@@ -163,7 +163,6 @@ def compile_then_align(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
 
 def is_initialized() -> bool:
     try:
-        from jax._src import distributed as _d
         return _d.global_state.client is not None
     except Exception:  # noqa: BLE001
         return False
@@ -189,7 +188,6 @@ def process_row_blocks(mesh: Any, global_rows: int,
                        process_of: Optional[Callable[[Any], int]] = None) -> dict[int, list[tuple[int, int]]]:
     """process index -> the sorted, merged [lo, hi) row ranges that its devices hold of a (rows, ...) batch
     sharded like `sharding.batch_sharding(mesh)`. `process_of(device)` defaults to `device.process_index`."""
-    from mosaic_jax.parallel import sharding as sh
 
     process_of = process_of or (lambda d: d.process_index)
     batch = sh.batch_sharding(mesh)
@@ -218,7 +216,6 @@ def check_batch_layout(mesh: Any, global_rows: int, process_count: Optional[int]
     another arrangement (topology-aware TPU meshes interleave hosts: the step then sees the same rows in another
     order, equal up to floating-point summation order). Raises DistributedError when processes would have to
     hold the same rows (a mesh axis that replicates the batch, e.g. `tensor`, spans processes)."""
-    import jax
 
     n = jax.process_count() if process_count is None else process_count
     if n == 1:

@@ -41,12 +41,22 @@ import re
 import time
 from typing import Any, Optional, Sequence
 
+import jax
+import numpy as np
 from absl import flags
+from jax.experimental import topologies
 from ml_collections import config_flags
 
 from mosaic_jax import cli_util
 from mosaic_jax.io import storage
+from mosaic_jax.data import store
+from mosaic_jax.data.errors import DataError
+from mosaic_jax.kernels import platform
+from mosaic_jax.models import flops as flops_mod
+from mosaic_jax.parallel import sharding
 from mosaic_jax.tools import aot_scaling
+from mosaic_jax.training import run_config, setup
+from mosaic_jax.training.run_config import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 GIB = 1024 ** 3
@@ -105,9 +115,8 @@ def parse_topology(name: str) -> TopologySpec:
 
 def topology_devices(spec: TopologySpec) -> list[Any]:
     """Compile-only TPU devices for `spec` (JAX's AOT topology API; needs libtpu)."""
-    from jax.experimental import topologies
     try:
-        import libtpu  # noqa: F401
+        import libtpu  # noqa: F401 - optional: extra [tpu]
     except ImportError:
         raise AotError(f"--topology={spec.name} needs libtpu to compile for TPU without one "
                        "(pip install 'jax[tpu]'); use --num_devices=N to check on simulated CPU devices") from None
@@ -125,13 +134,11 @@ def topology_devices(spec: TopologySpec) -> list[Any]:
 
 
 def _nbytes(shape: Sequence[int], dtype: Any) -> int:
-    import numpy as np
     return int(math.prod(shape)) * np.dtype(dtype).itemsize
 
 
 def _per_device_bytes(tree: Any) -> tuple[int, int]:
     """(bytes one device holds, bytes of the whole tree) for a tree of ShapeDtypeStructs with shardings."""
-    import jax
     local = total = 0
     for x in jax.tree.leaves(tree):
         total += _nbytes(x.shape, x.dtype)
@@ -141,7 +148,6 @@ def _per_device_bytes(tree: Any) -> tuple[int, int]:
 
 def _replicated_leaves(tree: Any, min_bytes: int = 1 << 20) -> list[str]:
     """Parameters of at least `min_bytes` that every device holds whole (a dimension did not divide)."""
-    import jax
     out = []
     for path, x in jax.tree_util.tree_leaves_with_path(tree):
         if all(p is None for p in x.sharding.spec) and _nbytes(x.shape, x.dtype) >= min_bytes:
@@ -153,10 +159,6 @@ def analyze(config: Any, mesh_shape: tuple[int, int, int], devices: Sequence[Any
             vocab_size: Optional[int] = None, device_memory_gib: Optional[float] = None,
             device_label: str = "") -> dict[str, Any]:
     """Lower and compile the training step for `mesh_shape` over `devices`; the memory report as a dict."""
-    import jax
-
-    from mosaic_jax.parallel import sharding
-    from mosaic_jax.training import run_config, setup
 
     try:
         mesh = sharding.make_mesh(*mesh_shape, devices=devices)
@@ -195,7 +197,6 @@ def analyze(config: Any, mesh_shape: tuple[int, int, int], devices: Sequence[Any
             temp_b = int(float(m.group(1)) * 1024 ** "KMGT".index(m.group(2)) * 1024)
         args_b = params_dev + opt_dev + batch_dev
     peak_b = args_b + out_b - alias_b + temp_b + code_b
-    from mosaic_jax.models import flops as flops_mod
     model_flops = flops_mod.train_flops_per_token(cfg, d.seq_len) * t.global_batch * d.seq_len
     n_dev = len(devices)
     report = {
@@ -260,8 +261,6 @@ def format_report(r: dict[str, Any]) -> str:
 
 def _data_vocab(config: Any) -> Optional[int]:
     """The prepared data's vocabulary size when data.path exists (else None: lm.vocab_size must be set)."""
-    from mosaic_jax.data import store
-    from mosaic_jax.data.errors import DataError
     try:
         return store.open_prepared(config.data.path, "train").vocab_size if config.data.path else None
     except (DataError, OSError):
@@ -291,9 +290,6 @@ def _aot(rest: list[str]) -> int:
     if FLAGS.out and not storage.is_remote(FLAGS.out):   # gs:// has no folders to check; a bad bucket fails the write
         cli_util.check_out_parent("out", FLAGS.out)
 
-    import jax   # here, not at the top: --help and flag errors answer without importing jax
-    from mosaic_jax.kernels import platform
-    from mosaic_jax.training.run_config import ConfigError
     try:
         mesh = (config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
         memory = FLAGS.device_memory_gb

@@ -9,7 +9,15 @@ consecutive lengths, log(temp₂/temp₁)/log(T₂/T₁), is 1 for memory linear
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mosaic_jax.kernels import platform
+from mosaic_jax.ops import memory_v2
 
 # The memory-read implementation fields each path sets (ModelConfig names).
 IMPLS: dict[str, dict[str, str]] = {
@@ -33,7 +41,6 @@ def parse_list(text: str, kind: Callable[[str], Any], name: str) -> list[Any]:
 
 def with_path(config: Any, seq_len: int, impl: str) -> Any:
     """A copy of the experiment config at sequence length `seq_len` with the memory reads of path `impl`."""
-    import ml_collections
     if impl not in IMPLS:
         raise ValueError(f"--impls: unknown path {impl!r} (known: {', '.join(IMPLS)})")
     c = ml_collections.ConfigDict(config.to_dict())
@@ -81,13 +88,7 @@ def read_temporaries(device: Any, kind: str, impl: str, seq_len: int, heads: int
     """Compiler temporaries (bytes) of value-and-grad of one v2 read (B = 1, bfloat16) compiled for `device`
     (a compile-only TPU device: aot.topology_devices), or the figure of the compiler's refusal. The read alone,
     so that a test compiles in seconds what the whole step takes minutes for."""
-    import re
 
-    import jax
-    import jax.numpy as jnp
-
-    from mosaic_jax.kernels import platform
-    from mosaic_jax.ops import memory_v2
     sh = jax.sharding.SingleDeviceSharding(device)
     x = jax.ShapeDtypeStruct((1, seq_len, heads, head_dim), jnp.bfloat16, sharding=sh)
 

@@ -42,21 +42,19 @@ import time
 import types
 from typing import Any, Optional, Sequence
 
+import jax
 from absl import flags
 
 from mosaic_jax import cli_util
-from mosaic_jax.models import registry
-from mosaic_jax.tools import bench_report
+from mosaic_jax.models import flops, registry
+from mosaic_jax.tools import bench_report, hostinfo
 from mosaic_jax.tools.bench_variants import (PLAIN, REFERENCE_SCRIPT, SIZES, TORCH_MODES,  # noqa: F401 (public)
                                              Variant, decode_variant, device_name, device_peak_gb, model_config,
                                              torch_variant, train_variant, xla_memory_bytes)
+from mosaic_jax.training import profiling
 
-# jax is imported in the functions that run it: --help and a bad flag answer at once.
 
 def peak_for(dtype: str, override: float, cpu_peaks: dict[str, float]) -> tuple[Optional[float], str]:
-    import jax
-
-    from mosaic_jax.models import flops
     if override > 0:
         return override * jax.device_count(), "--peak_flops"
     if jax.devices()[0].platform != "cpu":
@@ -68,7 +66,6 @@ def peak_for(dtype: str, override: float, cpu_peaks: dict[str, float]) -> tuple[
 def interleave(variants: Sequence[Variant], rounds: int, pause: float, cpu_peaks: dict[str, float]) -> None:
     """One step of every variant per round; on CPU the matmul peak of each dtype is measured in every round
     too (its best is kept), so that MFU is taken against the same machine state as the steps."""
-    from mosaic_jax.models import flops
     t_start = time.perf_counter()
     for i in range(rounds):
         if i:
@@ -93,7 +90,6 @@ def row_name(row: dict[str, Any]) -> str:
 
 def profile_rows(variants: Sequence[Variant], root: str, steps: int) -> None:
     """Trace `steps` further steps of every JAX row into root/<row name>/ (torch rows run in another process)."""
-    from mosaic_jax.training import profiling
     for v in variants:
         if "torch" in v.row:
             continue
@@ -111,7 +107,6 @@ def profile_rows(variants: Sequence[Variant], root: str, steps: int) -> None:
 
 
 def finish(v: Variant, peak: tuple[Optional[float], str], load: dict[str, list[float]]) -> dict[str, Any]:
-    from mosaic_jax.models import flops
     r = dict(v.row)
     med, best = statistics.median(v.times), min(v.times)
     if r["bench"] == "decode":
@@ -209,10 +204,8 @@ def check_args(a: Any) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
-    a = parse(argv)   # before importing jax: --help and flag errors answer at once
-    import jax
+    a = parse(argv)
 
-    from mosaic_jax.tools import hostinfo
     lists = {k: [x for x in getattr(a, k).split(",") if x] for k in ("arch", "size", "seq", "dtype", "impl", "torch")}
     dev = hostinfo.device_fields()
     variants: list[Variant] = []

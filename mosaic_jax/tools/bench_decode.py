@@ -24,24 +24,22 @@ import platform
 import time
 from typing import Any, Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
 from mosaic_jax import cli_util
 from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
-
-# jax and the model are imported in the functions that run them, so that --help and flag errors answer at once.
+from mosaic_jax.models.lm import apply, init_params
 
 
 def bench_position(cfg: ModelConfig, params: Any, tokens_BT: np.ndarray, P: int, rounds: int, steps: int,
                    cache_size: int) -> dict[str, float]:
     """Seconds per token at position P: decoder steps (after a prefill of P tokens) and full-recompute forwards
     over P+1 tokens, interleaved round by round so that both see the same machine load. Min and median."""
-    import jax
-    import jax.numpy as jnp
 
-    from mosaic_jax.models.lm import apply
     decode = registry.decoder(cfg)
     read_len_for = getattr(decode, "read_len_for", None)
     B = tokens_BT.shape[0]
@@ -72,10 +70,6 @@ def bench_position(cfg: ModelConfig, params: Any, tokens_BT: np.ndarray, P: int,
 
 
 def window_recompute(cfg: ModelConfig, params: Any, batch: int, reps: int) -> float:
-    import jax
-    import jax.numpy as jnp
-
-    from mosaic_jax.models.lm import apply
     fwd = jax.jit(lambda p, t: apply(cfg, p, t)[:, -1])
     x = jnp.zeros((batch, cfg.block_size), jnp.int32)
     fwd(params, x).block_until_ready()
@@ -89,9 +83,6 @@ def window_recompute(cfg: ModelConfig, params: Any, batch: int, reps: int) -> fl
 
 def run(cfg: ModelConfig, positions: Sequence[int], batch: int, rounds: int, steps: int, seed: int = 0
         ) -> list[dict[str, float]]:
-    import jax
-
-    from mosaic_jax.models.lm import init_params
     params = jax.jit(lambda k: init_params(cfg, k))(jax.random.key(seed))
     top = max(positions) + rounds * steps + 2
     tokens = np.asarray(jax.random.randint(jax.random.key(seed + 1), (batch, top), 0, cfg.vocab_size), np.int32)
@@ -147,9 +138,6 @@ cli = cli_util.exit_with(main)
 
 
 def _bench(rest: list[str]) -> int:
-    import jax
-
-    from mosaic_jax.models.lm import init_params
     args = cli_util.namespace(FLAGS)
     if args.out:
         cli_util.check_out_parent("out", args.out)

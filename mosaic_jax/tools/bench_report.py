@@ -74,7 +74,7 @@ def markdown(rows: list[dict[str, Any]], peaks: Optional[dict[str, float]] = Non
 
 def plot(rows: list[dict[str, Any]], path: str) -> pathlib.Path:
     """Horizontal bars of training tokens/s (median, best as a tick), one bar per row, labelled with MFU."""
-    import matplotlib   # noqa: PLC0415 (only when a plot is asked for)
+    import matplotlib   # noqa: PLC0415 (here: Agg is chosen before pyplot loads, and only when plotting)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt   # noqa: PLC0415
 

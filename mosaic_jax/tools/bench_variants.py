@@ -16,11 +16,14 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
-from mosaic_jax.models import registry
-from mosaic_jax.models.config import ModelConfig
+import jax
+import jax.numpy as jnp
 
-# jax, the model and the training step are imported in the functions that run them: --help and a bad flag answer
-# in a fraction of a second instead of after jax's ~2 s import.
+from mosaic_jax.models import flops, lm, registry
+from mosaic_jax.models.config import ModelConfig
+from mosaic_jax.parallel import sharding
+from mosaic_jax.tools import hostinfo
+from mosaic_jax.training import optim, setup, train_state
 
 # name -> (n_layer, n_embd, n_head, pmem_size, vocab_size); P = 3.5·C gives the GPT-2 layer's FLOPs/params
 SIZES: dict[str, tuple[int, int, int, int, int]] = {
@@ -43,7 +46,6 @@ class Variant:
 
 
 def device_name() -> str:
-    from mosaic_jax.tools import hostinfo
     return hostinfo.device_fields()["device"]
 
 
@@ -73,7 +75,6 @@ def model_config(arch: str, size: str, seq: int, dtype: str, impl: str, dropout:
 
 def device_peak_gb() -> Optional[float]:
     """Peak bytes in use on the first local device since the process started (None where not reported: CPU)."""
-    import jax
     stats = jax.local_devices()[0].memory_stats() or {}
     return stats["peak_bytes_in_use"] / 2 ** 30 if "peak_bytes_in_use" in stats else None
 
@@ -89,12 +90,7 @@ def xla_memory_bytes(compiled: Any) -> Optional[int]:
 def train_variant(cfg: ModelConfig, batch: int, seq: int, warmup: int) -> Variant:
     """The training step `mosaic_jax.train` runs (training.setup.build: AdamW + clip, donated state, jitted with the
     state's shardings) on a one-device mesh, compiled and warmed."""
-    import jax
-    import jax.numpy as jnp
 
-    from mosaic_jax.models import flops
-    from mosaic_jax.parallel import sharding
-    from mosaic_jax.training import optim, setup, train_state
     # Peak lr from step 0 and a cosine too long to move within a benchmark: every timed step does the same work.
     optim_cfg = optim.OptimConfig(lr=1e-3, min_lr=1e-4, warmup_steps=0, decay_steps=10 ** 6)
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
@@ -122,10 +118,7 @@ def train_variant(cfg: ModelConfig, batch: int, seq: int, warmup: int) -> Varian
 def decode_variant(cfg: ModelConfig, batch: int, prompt: int, new: int, warmup: int) -> Variant:
     """Prefill `prompt` tokens, then time `new` single-token steps (the family's decoder, `registry.decoder`:
     step_jit, cache donated; reading every slot where the decoder bounds its read)."""
-    import jax
-    import jax.numpy as jnp
 
-    from mosaic_jax.models import lm
     decode = registry.decoder(cfg)
     params = lm.init_params(cfg, jax.random.key(0))
     tokens = jax.random.randint(jax.random.key(1), (batch, prompt), 0, cfg.vocab_size, jnp.int32)
@@ -151,7 +144,6 @@ def decode_variant(cfg: ModelConfig, batch: int, prompt: int, new: int, warmup: 
 
 def torch_variant(mode: str, size: str, batch: int, seq: int, warmup: int) -> Variant:
     """The PyTorch reference in a worker process (benchmarks/torch_reference.py --serve), one step per call."""
-    from mosaic_jax.models import flops
     L, C, H, P, V = SIZES[size]
     cmd = [sys.executable, str(REFERENCE_SCRIPT), "--serve", f"--modes={mode}", f"--layers={L}", f"--embd={C}",
            f"--heads={H}", f"--pmem={P}", f"--vocab={V}", f"--seq={seq}", f"--batch={batch}",

@@ -26,11 +26,15 @@ import time
 from typing import Any, Callable, Mapping, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
+from mosaic_jax.data.tokenizers import MANIFEST_FILE
 from mosaic_jax.io import storage
 from mosaic_jax.parallel import distributed
 from mosaic_jax.training import integrity
+from mosaic_jax.training.run_guard import os_reason
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +114,6 @@ class Checkpointer:
             integrity.write_file_record(tmp[-1] if tmp else self.directory / str(self._saving))
 
     def _failure(self, step: int, e: BaseException) -> CheckpointError:
-        from mosaic_jax.training.run_guard import os_reason
         self._pending = None
         return CheckpointError(f"checkpoint at step {step} failed: {os_reason(e)} (workdir {self.directory.parent})")
 
@@ -233,8 +236,6 @@ def _agreed(problem: Optional[str]) -> Optional[str]:
     """Process 0's verdict for every process (only it hashes the files: one read of the checkpoint, not N)."""
     if jax.process_count() == 1:
         return problem
-    import numpy as np
-    from jax.experimental import multihost_utils
 
     distributed.barrier("file record checked")   # process 0 may hash for long: no device collective waits on it
     failed = multihost_utils.broadcast_one_to_all(np.int32(problem is not None))
@@ -325,7 +326,6 @@ def save_tokenizer(data_path: str | pathlib.Path, workdir: str | pathlib.Path) -
 
     An existing copy of the same tokenizer (same hash) is kept; a different one is never overwritten (a warning,
     None). Returns the folder, or None when nothing usable was written (a failed copy must not stop training)."""
-    from mosaic_jax.data.tokenizers import MANIFEST_FILE
 
     src, dest = storage.path(data_path), storage.path(workdir) / TOKENIZER_DIR
     try:

@@ -37,6 +37,7 @@ import numpy as np
 from mosaic_jax.io import storage
 from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
+from mosaic_jax.parallel import distributed
 from mosaic_jax.training import legacy_config
 
 ALGORITHM = "u32-weighted-sum-x2"
@@ -93,7 +94,6 @@ def state_report(tree: Any) -> tuple[dict[str, list[int]], list[str]]:
     Every process must call it (a collective over global arrays); the result is the same on all of them."""
     global _aligned_report
     if _aligned_report is None:   # several processes: compile, meet at a barrier, then run (distributed.py)
-        from mosaic_jax.parallel import distributed
         _aligned_report = distributed.compile_then_align(_tree_report, "integrity checksums")
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
     reports = jax.device_get(_aligned_report(tree))

@@ -20,7 +20,11 @@ import os
 import signal
 from typing import Any, Iterator, Optional
 
+import jax
+import numpy as np
 from absl import flags
+from jax._src import distributed as _d
+from jax.experimental import multihost_utils
 
 from mosaic_jax.training import workdir_lock
 
@@ -103,11 +107,9 @@ def _break_lock() -> bool:
 def lock_workdir(workdir: str) -> Optional[workdir_lock.WorkdirLock]:
     """Process 0 takes the lock for the job and tells the others (key-value store, no device collective) whether
     to go on; the others return None. Raises LockError (on every process) when the workdir is held."""
-    import jax
     if jax.process_count() == 1:
         return workdir_lock.acquire(workdir, break_lock=_break_lock())
     global _rounds
-    from jax._src import distributed as _d
     client = _d.global_state.client
     _rounds += 1
     key = f"mosaic_jax/workdir_lock/{_rounds}"
@@ -162,11 +164,8 @@ class StopRequest:
 
     def agreed(self, save_failed: bool = False) -> tuple[bool, bool]:
         """(stop, a save failed) on ANY process: every process must stop at the same step (no-op with one)."""
-        import jax
-        import numpy as np
         local = np.array([self.requested, save_failed])
         if jax.process_count() == 1:
             return bool(local[0]), bool(local[1])
-        from jax.experimental import multihost_utils
         both = np.asarray(multihost_utils.process_allgather(local)).reshape(-1, 2).any(axis=0)
         return bool(both[0]), bool(both[1])

@@ -8,13 +8,14 @@ On a gs:// workdir, JSONL and TensorBoard write to a local staging folder that i
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import pathlib
 import sys
 from typing import Any, Mapping, Optional
 
-from mosaic_jax.io import storage
+from mosaic_jax.io import gcs_append, storage
 
 KNOWN = ("jsonl", "tensorboard", "wandb")
 DEFAULT = "jsonl,tensorboard"
@@ -26,7 +27,6 @@ def _staged(folder: Any) -> tuple[pathlib.Path, Optional[Any]]:
     """(local folder to write in, its StagedDir or None): `folder` itself when local, a staging folder for gs://."""
     if not storage.is_remote(folder):
         return pathlib.Path(folder), None
-    from mosaic_jax.io import gcs_append
     stage = gcs_append.StagedDir(folder, every_s=SYNC_SECONDS)
     return stage.local, stage
 
@@ -38,7 +38,6 @@ def parse(spec: str) -> tuple[str, ...]:
         if name not in KNOWN:
             raise ValueError(f"{name!r} is not a tracker (known: {', '.join(KNOWN)})")
     if "wandb" in names:
-        import importlib.util
         try:
             spec = importlib.util.find_spec("wandb")
         except (ImportError, ValueError):   # ValueError: sys.modules["wandb"] is None (import blocked)

@@ -15,6 +15,8 @@ import re
 from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from mosaic_jax.models import registry
 from mosaic_jax.models.config import ModelConfig
@@ -165,14 +167,13 @@ def _read_file(path: str, ext: str) -> tuple[Mapping[str, Any], dict[str, Any]]:
             raise ReferenceFormatError(f"{path}: no 'sd/<name>' entries in this .npz")
         return raw, model_args
     if ext == ".safetensors":
-        from safetensors import safe_open
         with safe_open(path, framework="numpy") as f:
             meta = f.metadata() or {}
             raw = {k: f.get_tensor(k) for k in f.keys()}
         return raw, json.loads(meta["config"]) if "config" in meta else {}
     if ext in (".pt", ".pth", ".bin"):
         try:
-            import torch
+            import torch   # optional: extra [hf]
         except ImportError as e:
             raise ReferenceFormatError(f"{path}: reading .pt files needs torch (pip install torch)") from e
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -326,7 +327,6 @@ def export_reference(cfg: ModelConfig, params: Mapping[str, Any], path: Union[st
     if ext == ".npz":
         np.savez(tmp, config=np.array(config_json), **{f"sd/{k}": v for k, v in sd.items()})
     elif ext == ".safetensors":
-        from safetensors.numpy import save_file
         tied = cfg.weight_tying   # the v1 state_dict names both emb.weight and head.weight
         save_file({k: v.copy() if (tied and k == "head.weight") else v for k, v in sd.items()}, tmp,
                   metadata={"config": config_json})

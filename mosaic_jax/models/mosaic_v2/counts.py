@@ -13,9 +13,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 from absl import flags
 
 from mosaic_jax import cli_util
+from mosaic_jax.models import lm
 from mosaic_jax.models.config import ModelConfig
 
 LLAMA3_VOCAB = 128256   # the paper's Llama-3-style tokenizer
@@ -42,9 +45,7 @@ def v2_large() -> ModelConfig:
 
 def param_count(cfg: ModelConfig) -> int:
     """Parameters of the real initialiser, through jax.eval_shape (shapes only: nothing is allocated)."""
-    import jax   # in the functions, not at the top: --help and flag errors answer without importing jax
 
-    from mosaic_jax.models import lm
     shapes = jax.eval_shape(lambda k: lm.init_params(cfg, k), jax.random.key(0))
     return int(sum(x.size for x in jax.tree.leaves(shapes)))
 
@@ -69,7 +70,6 @@ def analytic_params(cfg: ModelConfig) -> dict[str, int]:
 
 def _mean_pairs(T: int, kind: str, cfg: ModelConfig) -> float:
     """Average number of pairs a query reads over positions 0..T−1 of one document."""
-    import jax.numpy as jnp
     t = jnp.arange(T)
     if kind == "short":
         n = jnp.minimum(t, cfg.short_lookback)
