@@ -14,6 +14,7 @@ from mosaic_jax.models.mosaic.fields import MosaicFields
 from mosaic_jax.models.mosaic_v2.fields import V2Fields
 from mosaic_jax.ops import dispatch
 from mosaic_jax.training import integrity, run_config, sections
+from _configs import config_with
 
 
 def test_each_family_has_its_own_section():
@@ -73,17 +74,8 @@ def test_a_flat_config_of_the_one_class_layout_still_loads():
         ModelConfig.from_dict(old, strict=True)
 
 
-def _config(**changes):
-    c = run_config.base_config()
-    c.data.path = "somewhere"
-    for key, value in changes.items():
-        section, field = key.split(".")
-        c[section][field] = value
-    return c
-
-
 def test_resolve_substitutes_auto_and_shows_only_the_familys_fields():
-    rc = run_config.resolve(_config(**{"model.arch": "gpt2", "model.pmem_size": 448, "data.seq_len": 64}), 260,
+    rc = run_config.resolve(config_with(**{"model.arch": "gpt2", "model.pmem_size": 448, "data.seq_len": 64}), 260,
                             backend="cpu")
     assert rc.model.fields == NoFields()
     saved = rc.to_dict()
@@ -95,7 +87,7 @@ def test_resolve_substitutes_auto_and_shows_only_the_familys_fields():
     # the switches gpt2 does not read stay as asked
     assert saved["impl"]["cmem_impl"] == "auto"
 
-    rc = run_config.resolve(_config(**{"impl.leaky_impl": "matrix", "model.ic_dropout": 0.1,
+    rc = run_config.resolve(config_with(**{"impl.leaky_impl": "matrix", "model.ic_dropout": 0.1,
                                        "data.seq_len": 64}), 260, backend="gpu")
     assert rc.model.leaky_impl == "matrix" and rc.model.pmem_impl == "dense"   # GPU + read dropout: no flash
     assert rc.eval_model.pmem_impl == "flash" and rc.requested_model.pmem_impl == "auto"
@@ -104,14 +96,14 @@ def test_resolve_substitutes_auto_and_shows_only_the_familys_fields():
 
 def test_help_lists_the_impl_section_and_whose_each_model_field_is():
     lines = sections.help_lines()
-    assert any(l.strip().startswith("--config.impl.cmem_impl (str, default 'auto')") for l in lines)
-    assert any("--config.model.short_window" in l and "[mosaic_v2]" in l for l in lines)
-    assert any("--config.model.pmem_size" in l and "[mosaic]" in l for l in lines)
-    assert not any("--config.model.cmem_impl" in l for l in lines)
+    assert any(ln.strip().startswith("--config.impl.cmem_impl (str, default 'auto')") for ln in lines)
+    assert any("--config.model.short_window" in ln and "[mosaic_v2]" in ln for ln in lines)
+    assert any("--config.model.pmem_size" in ln and "[mosaic]" in ln for ln in lines)
+    assert not any("--config.model.cmem_impl" in ln for ln in lines)
 
 
 def test_resume_compares_model_fields_across_the_two_layouts():
-    rc = run_config.resolve(_config(), 260, backend="cpu").to_dict()
+    rc = run_config.resolve(config_with(), 260, backend="cpu").to_dict()
     old = {**rc, "model": {**rc["model"], **{k: "x" for k in ("dtype", "cmem_impl")}}}   # impl fields in model
     assert integrity.config_differences(old, rc) == []
     other = {**rc, "model": {**rc["model"], "pmem_size": 16}}

@@ -19,18 +19,9 @@ from mosaic_jax.config_fields import describe
 from mosaic_jax.kernels import platform
 from mosaic_jax.ops import memory, memory_v2
 from mosaic_jax.training import integrity, legacy_config, run_config, sections
+from _configs import config_with
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _config(**changes):
-    """base_config() with data.path set and `changes` ({"section.field": value}) applied."""
-    c = run_config.base_config()
-    c.data.path = "somewhere"
-    for key, value in changes.items():
-        section, field = key.split(".")
-        c[section][field] = value
-    return c
 
 
 def _parse(*args):
@@ -57,7 +48,7 @@ def test_defaults_and_help_are_declared_once_in_the_dataclasses():
 
 
 def test_typed_sections_equal_the_configdict_values():
-    rc = run_config.resolve(_config(**{"train.steps": 50, "train.global_batch": 8, "data.packing": False,
+    rc = run_config.resolve(config_with(**{"train.steps": 50, "train.global_batch": 8, "data.packing": False,
                                        "mesh.fsdp": 4, "model.n_layer": 2}), data_vocab_size=260, data_parallel=4)
     c = rc.cfg
     assert dataclasses.asdict(rc.data) == c.data.to_dict()
@@ -109,7 +100,7 @@ def test_a_config_file_with_the_old_spelling_names_the_new_one(tmp_path, capsys)
 
 def test_a_config_saved_by_the_old_layout_is_upgraded_and_resumes():
     """config.json / a checkpoint's config written before `optim` existed kept the optimizer under `train`."""
-    new = run_config.resolve(_config(), 260).to_dict()
+    new = run_config.resolve(config_with(), 260).to_dict()
     old = {k: (dict(v) if isinstance(v, dict) else v) for k, v in new.items() if k != "optim"}
     old["train"].update(new["optim"])   # the old layout: one flat train section
     up = legacy_config.upgrade(old)
@@ -134,7 +125,7 @@ def test_a_wrong_type_is_one_line_naming_the_field(capsys):
                                ("model.n_layer", 2.0, "model.n_layer=2.0: expected int, got float"),
                                ("data.packing", 1, "data.packing=1: expected bool, got int"),
                                ("mesh.fsdp", "4", "mesh.fsdp='4': expected int, got str")):
-        c = _config()
+        c = config_with()
         c.unlock()
         section, field = key.split(".")
         del c[section][field]
@@ -142,12 +133,12 @@ def test_a_wrong_type_is_one_line_naming_the_field(capsys):
         with pytest.raises(run_config.ConfigError) as err:
             run_config.resolve(c, data_vocab_size=260)
         assert str(err.value).startswith(expect) and "\n" not in str(err.value)
-    c = _config()
+    c = config_with()
     c.unlock()
     c.train.stepz = 5
     with pytest.raises(run_config.ConfigError, match=r"^train\.stepz=5: no such config field"):
         run_config.resolve(c, data_vocab_size=260)
-    c = _config()
+    c = config_with()
     c.unlock()
     c.optim.lr = 1   # an int where a float is declared is a float
     assert run_config.resolve(c, data_vocab_size=260).optim.lr == 1.0
@@ -157,7 +148,7 @@ def test_a_wrong_type_is_one_line_naming_the_field(capsys):
 def test_resolved_impl_is_what_the_ops_choose(backend):
     """resolve() records, per backend, exactly what the ops pick at trace time for the training step's conditions
     (read dropout from train.dropout and model.ic_dropout, documents from data.packing and model.doc_masking)."""
-    v1 = run_config.resolve(_config(**{"model.ic_dropout": 0.1, "data.seq_len": 384}), 260, backend=backend)
+    v1 = run_config.resolve(config_with(**{"model.ic_dropout": 0.1, "data.seq_len": 384}), 260, backend=backend)
     with platform.target(backend):
         expect_train = {"cmem_impl": memory.resolve_impl("auto", True, dropout=True),
                         "pmem_impl": memory.resolve_impl("auto", True, dropout=True)}
@@ -169,24 +160,24 @@ def test_resolved_impl_is_what_the_ops_choose(backend):
     cpu = backend == "cpu"
     assert v1.impl["train"]["leaky_impl"] == ("scan" if cpu else "chunked")   # 384 > memory.MATRIX_MAX_T
     assert v1.impl["train"]["loss_impl"] == v1.impl["train"]["proj_impl"] == ("fused" if cpu else "dense")
-    off = run_config.resolve(_config(**{"model.ic_dropout": 0.1, "train.dropout": False}), 260, backend=backend)
+    off = run_config.resolve(config_with(**{"model.ic_dropout": 0.1, "train.dropout": False}), 260, backend=backend)
     assert off.impl["train"] == off.impl["eval"]   # dropout off in training: the eval conditions
 
-    v2 = run_config.resolve(_config(**{"model.arch": "mosaic_v2", "model.block_size": 1024, "data.packing": True,
+    v2 = run_config.resolve(config_with(**{"model.arch": "mosaic_v2", "model.block_size": 1024, "data.packing": True,
                                        "model.ic_dropout": 0.0}), 260, backend=backend)
     with platform.target(backend):
         docs = jnp.zeros((1, 1024), jnp.int32)
         assert v2.impl["train"]["v2_impl"] == memory_v2.choose_impl("auto", 1024, docs, False)
     assert set(v2.impl["train"]) == {"v2_impl", "v2_key_impl", "loss_impl"}
     assert v2.impl["train"]["v2_key_impl"] == "scan"   # 1024 > dispatch.V2_KEY_MATRIX_MAX_T, on every backend
-    gpt2 = run_config.resolve(_config(**{"model.arch": "gpt2"}), 260, backend=backend)
+    gpt2 = run_config.resolve(config_with(**{"model.arch": "gpt2"}), 260, backend=backend)
     assert set(gpt2.impl["train"]) == {"loss_impl"}
 
 
 def test_an_impossible_explicit_choice_fails_at_resolve_time():
     with pytest.raises(run_config.ConfigError, match=r"^impl\.cmem_impl='flash'.*no dropout"):
-        run_config.resolve(_config(**{"impl.cmem_impl": "flash", "model.ic_dropout": 0.1}), 260)
-    rc = run_config.resolve(_config(**{"impl.cmem_impl": "flash", "model.ic_dropout": 0.1, "train.dropout": False}),
+        run_config.resolve(config_with(**{"impl.cmem_impl": "flash", "model.ic_dropout": 0.1}), 260)
+    rc = run_config.resolve(config_with(**{"impl.cmem_impl": "flash", "model.ic_dropout": 0.1, "train.dropout": False}),
                             260)
     assert rc.impl["train"]["cmem_impl"] == "flash"
 
@@ -194,7 +185,7 @@ def test_an_impossible_explicit_choice_fails_at_resolve_time():
 def test_resolved_impl_does_not_block_resuming_an_older_run():
     """Checkpoints written before `resolved_impl` existed hold the config without it: a resume compares only the
     fields it cannot change, so the new record is no difference; config.json readers use .get() on sections."""
-    rc = run_config.resolve(_config(), 260)
+    rc = run_config.resolve(config_with(), 260)
     old = {k: v for k, v in rc.to_dict().items() if k != "resolved_impl"}
     assert integrity.config_differences(old, rc.to_dict()) == []
     assert json.loads(json.dumps(rc.to_dict()))["resolved_impl"] == rc.impl
