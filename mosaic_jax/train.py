@@ -16,7 +16,8 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Any, Optional, Sequence
+import threading
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 from absl import flags, logging
@@ -242,14 +243,43 @@ def _body(rest: list[str]) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The CLI (absl flags on the global FLAGS, which also hold distributed.py's); returns the exit status."""
-    return cli_util.run("train", flags.FLAGS, _body, argv, doc=__doc__)
+def main(argv: Optional[Sequence[str]] = None, on_failure: Callable[[], None] = lambda: None) -> int:
+    """The CLI (absl flags on the global FLAGS, which also hold distributed.py's); returns the exit status.
+    `on_failure()` runs when the run fails, before the error line is written."""
+    def body(args: list[str]) -> int:
+        try:
+            code = _body(args)
+        except BaseException:
+            on_failure()
+            raise
+        if code:
+            on_failure()
+        return code
+
+    return cli_util.run("train", flags.FLAGS, body, argv, doc=__doc__)
+
+
+class _QuietThreadsAfterFailure:
+    """stderr of the `train` process: once `failed` is set, only the main thread writes. After a failed save,
+    Orbax's background threads may print "Event loop is closed" tracebacks while the one-line error is written;
+    seen in CI interleaved before it (the error must be the only line)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.failed = stream, threading.Event()
+
+    def write(self, text: str) -> int:
+        if self.failed.is_set() and threading.current_thread() is not threading.main_thread():
+            return len(text)
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
 def cli() -> None:
     """The console-script entry point (`mosaic-train`), also run by `python -m mosaic_jax.train`."""
-    code = main()
+    sys.stderr = quiet = _QuietThreadsAfterFailure(sys.stderr)
+    code = main(on_failure=quiet.failed.set)
     if code:
         # After a failed save, Orbax's background threads may still print "Event loop is closed" tracebacks while
         # the interpreter tears down. The one-line error is out and the lock released: skip the teardown.

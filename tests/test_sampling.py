@@ -124,7 +124,7 @@ def test_eos_stops_a_row(mosaic):
 
 
 def test_gpt2_past_block_size():
-    cfg = mj.ModelConfig(arch="gpt2", **SMALL)
+    cfg = mj.ModelConfig.from_dict(dict(arch="gpt2", **SMALL))
     params = perturbed_params(cfg, seed=12)
     with pytest.raises(ValueError, match="block_size"):
         generate(cfg, params, [[1, 2, 3]], max_new_tokens=cfg.block_size, sampling=GREEDY)

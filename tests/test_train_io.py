@@ -300,3 +300,25 @@ def test_file_or_read_only_workdir_is_one_line(io_data, io_env, tmp_path):
             assert res.returncode == 1
             line = _one_error_line(res.stderr)
             assert words in line and str(workdir) in line and "Read-only file system" in line, line
+
+
+def test_after_a_failure_only_the_main_thread_writes_to_stderr():
+    """`train`'s stderr guard (the disk-full test above once got an Orbax thread's "Event loop is closed" traceback
+    interleaved before its one error line): other threads' writes pass until the run fails, then are dropped."""
+    import io
+    import threading
+
+    from mosaic_jax import train
+    buf = io.StringIO()
+    quiet = train._QuietThreadsAfterFailure(buf)
+
+    def from_thread(text):
+        t = threading.Thread(target=quiet.write, args=(text,))
+        t.start()
+        t.join()
+
+    from_thread("thread before\n")
+    quiet.failed.set()
+    from_thread("Traceback (most recent call last):\n")
+    quiet.write("train: error: checkpoint at step 20 failed\n")
+    assert buf.getvalue() == "thread before\ntrain: error: checkpoint at step 20 failed\n"
