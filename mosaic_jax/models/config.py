@@ -135,8 +135,7 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Flat: the shared fields, then the family's, then the implementation switches."""
-        return {**{f.name: getattr(self, f.name) for f in common_fields()}, **_as_dict(self.fields),
-                **_as_dict(self.impl)}
+        return {**self.model_dict(), **_as_dict(self.impl)}
 
     def model_dict(self) -> dict[str, Any]:
         """The `model` section of a run config: the shared fields and the family's (no implementation switches)."""

@@ -24,11 +24,15 @@ MOVED: dict[str, str] = {**{f"train.{f.name}": f"optim.{f.name}" for f in descri
 WHY = {"optim": "the optimizer's fields", "impl": "the implementation switches"}
 
 
+def _field(name: str) -> str:
+    """'section.field' from a flag's `--config.section.field` / `config.section.field` or the bare name."""
+    return name.lstrip("-").removeprefix("config.")
+
+
 def moved_to(name: str) -> Optional[str]:
     """The current name of a field an older version called `name` ('train.lr' -> 'optim.lr'), else None.
     `name` may carry a flag's `config.` / `--config.` prefix."""
-    key = name.lstrip("-")
-    return MOVED.get(key[len("config."):] if key.startswith("config.") else key)
+    return MOVED.get(_field(name))
 
 
 def moved_message(flag: str) -> Optional[str]:
@@ -36,8 +40,7 @@ def moved_message(flag: str) -> Optional[str]:
     new = moved_to(flag)
     if new is None:
         return None
-    old = flag.lstrip("-")
-    old = old[len("config."):] if old.startswith("config.") else old
+    old = _field(flag)
     section = new.split(".")[0]
     return f"--config.{old}: moved to --config.{new} ({WHY[section]} have their own section, `{section}`)"
 
